@@ -1,0 +1,349 @@
+/*
+ * sparsetx.h: the public C API of sparsetx, a library for the Sparse Transformer
+ * (Child, Gray, Radford, Sutskever 2019): factorized "strided" and "fixed" attention
+ * over byte sequences, with a CPU reference backend and a CUDA backend.
+ *
+ * This header is the whole contract. It is C99 and C++ clean and callable from any
+ * language through a C FFI (Python ctypes/cffi, Rust, Julia, Go). Anything not declared
+ * here is internal and may change.
+ *
+ * Conventions
+ *  - Every fallible call returns an stx_status: 0 is success, negative values are errors.
+ *    stx_last_error() then gives a detailed message for the calling thread, naming the
+ *    argument or field that was wrong. The library never aborts, exits or prints.
+ *  - Objects are opaque handles with create/free pairs; free(NULL) is a no-op.
+ *  - Structs passed by pointer are versioned: the *_v functions take the caller's
+ *    sizeof(struct) and STX_ABI_VERSION, and refuse a mismatch with STX_ERR_VERSION.
+ *    C callers use the macros without _v; FFI callers call the _v functions.
+ *  - Thread safety: a model is confined to one thread at a time (calls on one model must
+ *    not overlap); different models may be used from different threads at once.
+ *    stx_last_error() is thread-local.
+ *  - Shapes are written [B, T, C]: batch, time (bytes), channels. Arrays are row-major.
+ */
+#ifndef SPARSETX_H
+#define SPARSETX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifndef STX_API
+#if defined(_WIN32) && defined(STX_SHARED)
+#ifdef STX_BUILD
+#define STX_API __declspec(dllexport)
+#else
+#define STX_API __declspec(dllimport)
+#endif
+#elif defined(STX_BUILD) && defined(__GNUC__)
+#define STX_API __attribute__((visibility("default")))
+#else
+#define STX_API
+#endif
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---------------------------------------------------------------- versions */
+
+#define STX_VERSION_MAJOR  0
+#define STX_VERSION_MINOR  1
+#define STX_VERSION_PATCH  0
+#define STX_VERSION_NUMBER (STX_VERSION_MAJOR * 10000 + STX_VERSION_MINOR * 100 + STX_VERSION_PATCH)
+#define STX_VERSION_STRING "0.1.0"
+/* Bumped on any change to a public struct layout or function signature. */
+#define STX_ABI_VERSION 1
+
+/* The library's own version; compare with STX_VERSION_NUMBER to detect a header/library
+ * mismatch. */
+STX_API int32_t stx_version_number(void);
+STX_API const char *stx_version_string(void);
+
+#define STX_FEATURE_CUDA   1u /* the CUDA backend was compiled in */
+#define STX_FEATURE_OPENMP 2u /* the CPU backend uses OpenMP threads */
+/* Bit set of STX_FEATURE_* describing this build. */
+STX_API uint32_t stx_build_features(void);
+
+/* ------------------------------------------------------------ status, errors */
+
+typedef enum stx_status {
+    STX_OK = 0,
+    STX_ERR_INVALID_ARGUMENT = -1, /* a NULL handle, a bad size, an invalid config field */
+    STX_ERR_OUT_OF_MEMORY = -2,    /* host or device allocation failed */
+    STX_ERR_IO = -3,               /* a file could not be read or written */
+    STX_ERR_FORMAT = -4,           /* a file or string is malformed or corrupt */
+    STX_ERR_VERSION = -5,          /* header/library ABI or file version mismatch */
+    STX_ERR_UNSUPPORTED = -6,      /* backend not built or feature not available here */
+    STX_ERR_DEVICE = -7,           /* a CUDA error; the message has CUDA's text */
+    STX_ERR_STATE = -8,            /* calls in the wrong order (backward before forward) */
+    STX_ERR_INTERNAL = -9          /* a bug in sparsetx; please report it */
+} stx_status;
+
+/* Fixed text for a status code ("invalid argument"). Never NULL. */
+STX_API const char *stx_status_string(stx_status status);
+/* The detailed message of the last failing call on this thread, e.g.
+ * "n_embd (500) must be divisible by n_head (8)". "" if none. The library owns the
+ * memory; the next failing call on the same thread overwrites it. */
+STX_API const char *stx_last_error(void);
+/* Forget the last error on this thread. */
+STX_API void stx_clear_error(void);
+
+typedef enum stx_log_level { STX_LOG_DEBUG = 0, STX_LOG_INFO = 1, STX_LOG_WARN = 2 } stx_log_level;
+typedef void (*stx_log_fn)(int32_t level, const char *message, void *user_data);
+/* Route the library's optional diagnostics to a callback (process-wide; set it before
+ * creating models). NULL, the default, means silent. */
+STX_API void stx_log_set(stx_log_fn fn, void *user_data);
+
+/* ---------------------------------------------------------------- enums */
+
+typedef enum stx_backend {
+    STX_BACKEND_CPU = 0,  /* the OpenMP reference backend, always present */
+    STX_BACKEND_CUDA = 1, /* the CUDA backend on device stx_config.device */
+    STX_BACKEND_AUTO = 2  /* CUDA when compiled in and a device is present, else CPU */
+} stx_backend;
+
+typedef enum stx_precision {
+    STX_PRECISION_FP32 = 0, /* exact float32 everywhere (default) */
+    STX_PRECISION_FP64 = 1, /* float64 everywhere (CPU only; for gradient checks) */
+    STX_PRECISION_BF16 = 2  /* bf16 matrix inputs, fp32 accumulation and master weights */
+} stx_precision;
+
+typedef enum stx_dtype {
+    STX_DTYPE_F32 = 0, /* float */
+    STX_DTYPE_F64 = 1  /* double */
+} stx_dtype;
+
+/* Returns 1 when the backend can be used on this machine now, 0 otherwise (for CUDA:
+ * compiled in, driver present, at least one device). STX_BACKEND_AUTO always gives 1. */
+STX_API int32_t stx_backend_available(stx_backend backend);
+
+/* ---------------------------------------------------------------- config */
+
+#define STX_MAX_POS_AXES 4
+#define STX_PATTERN_MAX  256
+#define STX_VOCAB        256
+
+/*
+ * Attention patterns, one text grammar everywhere (the API, the tools, checkpoints):
+ *   component := dense | local:L | strided:L | fixed:L:C[:G]
+ *   merged    := component ('+' component)*          one softmax over the union
+ *   layer     := merged | '[' merged (';' merged)* ']'   a list over heads, cycled
+ *   model     := layer (',' layer)*                  a list over layers, cycled
+ * Key k is readable by query q (always k <= q) when:
+ *   dense: always;  local:L: q-L < k;  strided:L: (q-k) mod L == 0;
+ *   fixed:L:C:G: floor(k/L) == floor(q/L), or k mod L lies in head h's summary group
+ *   g = h mod G: [L-(g+1)C, L-gC). G defaults to 1; G*C <= L.
+ * Examples: "fixed:128:32:4" (enwik8), "strided:96,local:96,local:96,local:96" (CIFAR-10
+ * interleaved over layers), "local:128+strided:128" (merged), "[local:128;strided:128]"
+ * (a different pattern per head).
+ */
+typedef struct stx_config {
+    int32_t n_layer;    /* residual blocks N (default 2) */
+    int32_t n_embd;     /* model width d (default 64) */
+    int32_t n_head;     /* attention heads; n_embd % n_head == 0 (default 2) */
+    int32_t n_ctx;      /* context length in bytes (default 256) */
+    int32_t ff_mult;    /* feed-forward width = ff_mult * n_embd (default 4) */
+    int32_t block_size; /* attention block size: 16, 32, 64 or 128 (default 32) */
+    int32_t n_pos_axes; /* axes of the position shape; 0 = one axis [n_ctx] (default 0) */
+    int32_t pos_shape[STX_MAX_POS_AXES]; /* product must equal n_ctx: [H, W, C] for images */
+    int32_t backend;                     /* stx_backend (default STX_BACKEND_CPU) */
+    int32_t device;                      /* CUDA device index (default 0) */
+    int32_t precision;                   /* stx_precision (default STX_PRECISION_FP32) */
+    int32_t n_threads;                   /* CPU threads, 0 = OpenMP's default */
+    int32_t recompute; /* 1: keep only the residual stream, recompute in backward (default) */
+    float qk_ratio;    /* query/key width over n_embd, e.g. 1 or 0.5 (default 1) */
+    float dropout;     /* residual dropout probability in [0, 1) (default 0) */
+    uint64_t seed;     /* weight init and dropout masks (default 1) */
+    char pattern[STX_PATTERN_MAX]; /* the attention pattern, grammar above (default "dense") */
+} stx_config;
+
+/* Fill *cfg with the defaults above. */
+STX_API stx_status stx_config_init_v(stx_config *cfg, size_t cfg_size, int32_t abi_version);
+#define stx_config_init(cfg) stx_config_init_v((cfg), sizeof *(cfg), STX_ABI_VERSION)
+
+/* Fill *cfg with a named preset, every field of which may then be changed:
+ *   "enwik8"     30 layers, d 512, 8 heads, fixed:128:32:4, n_ctx 12288, [96, 128], dropout 0.4
+ *   "cifar10"    128 layers, d 256, 2 heads, ff_mult 2, qk_ratio 0.5,
+ *                strided:96,local:96,local:96,local:96, n_ctx 3072, [32, 32, 3], dropout 0.25
+ *   "imagenet64" 48 layers, d 512, 16 heads, local:128,strided:128, n_ctx 12288, [64, 64, 3]
+ *   "tiny"       4 layers, d 128, 4 heads, local:32+strided:32, n_ctx 1024, [32, 32]: a CPU demo
+ * STX_ERR_INVALID_ARGUMENT for an unknown name. */
+STX_API stx_status stx_config_preset_v(stx_config *cfg, size_t cfg_size, int32_t abi_version,
+                                       const char *name);
+#define stx_config_preset(cfg, name)                                                               \
+    stx_config_preset_v((cfg), sizeof *(cfg), STX_ABI_VERSION, (name))
+
+/* Check every field; STX_OK or STX_ERR_INVALID_ARGUMENT with a message naming the field. */
+STX_API stx_status stx_config_validate_v(const stx_config *cfg, size_t cfg_size,
+                                         int32_t abi_version);
+#define stx_config_validate(cfg) stx_config_validate_v((cfg), sizeof *(cfg), STX_ABI_VERSION)
+
+/* Parse a model pattern and print it back in canonical form ("local:128+strided:128").
+ * STX_ERR_FORMAT with the position and the problem for a malformed string;
+ * STX_ERR_INVALID_ARGUMENT when out_size is too small. */
+STX_API stx_status stx_pattern_normalize(const char *pattern, char *out, size_t out_size);
+
+/* ---------------------------------------------------------------- optimizer */
+
+typedef struct stx_optim_config {
+    double lr;            /* peak learning rate (default 3e-4) */
+    double min_lr;        /* floor of the cosine decay (default 0) */
+    double beta1;         /* Adam (default 0.9) */
+    double beta2;         /* Adam (default 0.999) */
+    double eps;           /* Adam (default 1e-8) */
+    double weight_decay;  /* decoupled, on matrices only (default 0.01) */
+    double grad_clip;     /* global-norm clip; 0 = off (default 1.0) */
+    int64_t warmup_steps; /* linear warmup: lr * (t+1) / warmup for t < warmup (default 0) */
+    int64_t total_steps;  /* cosine decay to min_lr at this step; 0 = none (default 0) */
+} stx_optim_config;
+
+STX_API stx_status stx_optim_config_init_v(stx_optim_config *opt, size_t opt_size,
+                                           int32_t abi_version);
+#define stx_optim_config_init(opt) stx_optim_config_init_v((opt), sizeof *(opt), STX_ABI_VERSION)
+
+/* The learning rate the schedule gives at step t (0-based). */
+STX_API double stx_optim_lr_at(const stx_optim_config *opt, int64_t step);
+
+/* ---------------------------------------------------------------- model */
+
+typedef struct stx_model stx_model;
+
+/* Create a model with freshly initialized weights (the released code's init: linear
+ * weights N(0, 0.125/fan_in), W_p and W_2 also / sqrt(2 n_layer), token table and start
+ * vector std 0.01, position tables 0.01/sqrt(axes), W_out 0), seeded by cfg->seed.
+ * Errors: STX_ERR_INVALID_ARGUMENT (bad field, named), STX_ERR_UNSUPPORTED (backend not
+ * available here), STX_ERR_OUT_OF_MEMORY. *out is NULL on failure. */
+STX_API stx_status stx_model_create_v(const stx_config *cfg, size_t cfg_size, int32_t abi_version,
+                                      stx_model **out);
+#define stx_model_create(cfg, out) stx_model_create_v((cfg), sizeof *(cfg), STX_ABI_VERSION, (out))
+STX_API void stx_model_free(stx_model *model);
+
+/* Copy the model's config (the resolved backend included) into *cfg. */
+STX_API stx_status stx_model_get_config_v(const stx_model *model, stx_config *cfg, size_t cfg_size,
+                                          int32_t abi_version);
+#define stx_model_get_config(model, cfg)                                                           \
+    stx_model_get_config_v((model), (cfg), sizeof *(cfg), STX_ABI_VERSION)
+
+/* Training mode (default 1) applies residual dropout in stx_forward; 0 turns it off. */
+STX_API stx_status stx_model_set_training(stx_model *model, int32_t training);
+
+/* Forward pass on B sequences of T bytes (tokens [B, T], T <= n_ctx). Row t of the
+ * logits predicts tokens[b][t] from tokens[b][<t] (the shift right behind the learned
+ * start vector is internal), so every byte is scored. *loss_nats (may be NULL) gets the
+ * mean cross-entropy over all B*T bytes in nats; bits per byte = nats / ln 2. The
+ * activations are kept for stx_backward. Errors: STX_ERR_INVALID_ARGUMENT (T > n_ctx,
+ * B or T < 1, NULL). */
+STX_API stx_status stx_forward(stx_model *model, const uint8_t *tokens, int32_t B, int32_t T,
+                               double *loss_nats);
+
+/* Forward without dropout and without keeping anything for backward: the mean loss in nats
+ * over B*T bytes, for evaluation. Leaves the training state of stx_forward untouched. */
+STX_API stx_status stx_evaluate(stx_model *model, const uint8_t *tokens, int32_t B, int32_t T,
+                                double *loss_nats);
+
+/* Copy the logits of the last stx_forward or stx_evaluate, [B, T, 256], into dst (count
+ * elements of dtype; count must equal B*T*256). */
+STX_API stx_status stx_logits_read(const stx_model *model, stx_dtype dtype, void *dst,
+                                   size_t count);
+
+/* Backward pass of the last stx_forward's mean loss: gradients are ADDED to the parameter
+ * gradients, so micro-batches accumulate until stx_zero_grad. STX_ERR_STATE without a
+ * forward since the last optimizer step. */
+STX_API stx_status stx_backward(stx_model *model);
+
+/* Set every parameter gradient to zero. */
+STX_API stx_status stx_zero_grad(stx_model *model);
+
+/* Set the optimizer configuration used by stx_optimizer_step (defaults until set). */
+STX_API stx_status stx_model_set_optimizer_v(stx_model *model, const stx_optim_config *opt,
+                                             size_t opt_size, int32_t abi_version);
+#define stx_model_set_optimizer(model, opt)                                                        \
+    stx_model_set_optimizer_v((model), (opt), sizeof *(opt), STX_ABI_VERSION)
+
+/* One AdamW step at the model's step count t: learning rate from the schedule, gradients
+ * scaled by min(1, clip / (global_norm + 1e-6)) (the stored gradients are not changed and
+ * not cleared), decoupled weight decay on matrices (p -= lr * wd * p), then Adam. t then
+ * advances by one. *lr_used and *grad_norm (may be NULL) get the rate and the unclipped
+ * global gradient norm. STX_ERR_STATE when no backward ran since the last step. */
+STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double *grad_norm);
+
+/* Optimizer steps taken so far. */
+STX_API stx_status stx_model_get_step(const stx_model *model, int64_t *step);
+
+/* ------------------------------------------------- parameters and gradients */
+
+#define STX_MAX_DIMS 4
+
+/* Number of parameter tensors. Names: "tok_emb" [256, C], "start" [C], "pos_emb.A"
+ * [pos_shape[A], C], "h.L.ln1.g", "h.L.ln1.b" [C], "h.L.attn.q.w" [QK, C], "h.L.attn.q.b",
+ * "h.L.attn.k.w", "h.L.attn.k.b", "h.L.attn.v.w" [C, C], "h.L.attn.v.b",
+ * "h.L.attn.proj.w" [C, C], "h.L.attn.proj.b", "h.L.ln2.g", "h.L.ln2.b", "h.L.ff.w1" [F, C],
+ * "h.L.ff.b1" [F], "h.L.ff.w2" [C, F], "h.L.ff.b2" [C], "ln_f.g", "ln_f.b", "w_out" [256, C].
+ * Linear weights are [out, in] (y = x W^T + b), as torch.nn.Linear. */
+STX_API stx_status stx_param_count(const stx_model *model, int32_t *count);
+/* Name, rank and shape of parameter tensor `index` (0 <= index < count). The name stays
+ * valid as long as the model. */
+STX_API stx_status stx_param_info(const stx_model *model, int32_t index, const char **name,
+                                  int32_t *ndim, int64_t shape[STX_MAX_DIMS]);
+/* Total number of scalar parameters. */
+STX_API stx_status stx_param_total(const stx_model *model, int64_t *n_params);
+
+/* Read or write a whole parameter tensor or its gradient by name, converting to or from
+ * the caller's dtype. count must equal the tensor's number of elements. A write
+ * invalidates the activations of the last forward (STX_ERR_STATE for stx_backward). */
+STX_API stx_status stx_param_read(const stx_model *model, const char *name, stx_dtype dtype,
+                                  void *dst, size_t count);
+STX_API stx_status stx_param_write(stx_model *model, const char *name, stx_dtype dtype,
+                                   const void *src, size_t count);
+STX_API stx_status stx_grad_read(const stx_model *model, const char *name, stx_dtype dtype,
+                                 void *dst, size_t count);
+STX_API stx_status stx_grad_write(stx_model *model, const char *name, stx_dtype dtype,
+                                  const void *src, size_t count);
+
+/* ------------------------------------------------ attention at the op level */
+
+/* A block layout: for each head, which key blocks each query block reads, derived from a
+ * pattern's element-wise definition (or given by the user), with the causal element mask.
+ * Usable on its own, like openai/sparse_attention's primitives. */
+typedef struct stx_layout stx_layout;
+
+/* Layout of one layer's pattern (a `layer` of the grammar: merged or [per-head list]) for
+ * sequences of up to n_ctx, n_head heads, blocks of block_size (16, 32, 64, 128). n_ctx
+ * need not be a multiple of the block size or of any stride: ragged ends are masked. */
+STX_API stx_status stx_layout_create(const char *pattern, int32_t n_ctx, int32_t n_head,
+                                     int32_t block_size, stx_layout **out);
+/* A user-supplied layout: blocks[h][i][j] != 0 when query block i of head h reads key block
+ * j, in natural order, nb = ceil(n_ctx / block_size); the causal mask k <= q applies inside.
+ * Blocks above the diagonal are refused (STX_ERR_INVALID_ARGUMENT). */
+STX_API stx_status stx_layout_create_from_blocks(int32_t n_ctx, int32_t n_head, int32_t block_size,
+                                                 const uint8_t *blocks, stx_layout **out);
+STX_API void stx_layout_free(stx_layout *layout);
+/* Whether query q of head h may read key k under the layout's element-wise definition. */
+STX_API int32_t stx_layout_allows(const stx_layout *layout, int32_t head, int64_t q, int64_t k);
+/* Work counts for head h over a full n_ctx: computed blocks and allowed (q, k) pairs. */
+STX_API stx_status stx_layout_stats(const stx_layout *layout, int32_t head, int64_t *n_blocks,
+                                    int64_t *n_pairs);
+
+/* Block-sparse attention on the CPU, on caller buffers in natural order:
+ * q, k [B, T, H*Dqk], v and out [B, T, H*Dv], lse [B, H, T] (the log-sum-exp of each row,
+ * for backward), scale usually 1/sqrt(Dqk). The n x n matrix is never formed. */
+STX_API stx_status stx_attention_forward(const stx_layout *layout, stx_dtype dtype, int32_t B,
+                                         int32_t T, int32_t Dqk, int32_t Dv, double scale,
+                                         const void *q, const void *k, const void *v, void *out,
+                                         void *lse);
+/* Its backward: dq, dk [B, T, H*Dqk] and dv [B, T, H*Dv] are overwritten. */
+STX_API stx_status stx_attention_backward(const stx_layout *layout, stx_dtype dtype, int32_t B,
+                                          int32_t T, int32_t Dqk, int32_t Dv, double scale,
+                                          const void *q, const void *k, const void *v,
+                                          const void *out, const void *lse, const void *dout,
+                                          void *dq, void *dk, void *dv);
+
+/* Replace the pattern of one layer of a model with a layout (same n_ctx, n_head and block
+ * size as the model); the model keeps its own copy. */
+STX_API stx_status stx_model_set_layer_layout(stx_model *model, int32_t layer,
+                                              const stx_layout *layout);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* SPARSETX_H */
