@@ -2,9 +2,11 @@
 // callback. The library prints nothing itself.
 #include "error.h"
 
+#include <algorithm>
 #include <cstdarg>
 #include <cstdio>
 #include <cstring>
+#include <string>
 
 namespace {
 
@@ -26,9 +28,10 @@ stx_status fail(stx_status status, const char *fmt, ...) {
 }
 
 stx_status fail_context(stx_status status, const char *context) {
-    char old[sizeof last_error];
-    std::memcpy(old, last_error, sizeof old);
-    std::snprintf(last_error, sizeof last_error, "%s: %s", context, old);
+    std::string joined = std::string(context) + ": " + last_error;
+    size_t n = std::min(joined.size(), sizeof last_error - 1);
+    std::memcpy(last_error, joined.data(), n);
+    last_error[n] = '\0';
     return status;
 }
 
