@@ -12,8 +12,14 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
-/* cmocka.h needs the four headers above first. */
+/* cmocka.h needs the four headers above first; 1.1.5 has no extern "C" of its own. */
+#ifdef __cplusplus
+extern "C" {
+#endif
 #include <cmocka.h>
+#ifdef __cplusplus
+}
+#endif
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,7 +64,7 @@ static inline double stx_test_rel_error(const double *got, const double *ref, si
         double d = fabs(got[i] - ref[i]);
         if (isnan(got[i]) || isnan(ref[i])) {
             if (worst) *worst = i;
-            return INFINITY;
+            return (double)INFINITY;
         }
         if (d > max_diff) {
             max_diff = d;
@@ -67,7 +73,7 @@ static inline double stx_test_rel_error(const double *got, const double *ref, si
         if (fabs(ref[i]) > max_ref) max_ref = fabs(ref[i]);
     }
     if (worst) *worst = w;
-    if (max_ref == 0.0) return max_diff == 0.0 ? 0.0 : INFINITY;
+    if (max_ref == 0.0) return max_diff == 0.0 ? 0.0 : (double)INFINITY;
     return max_diff / max_ref;
 }
 

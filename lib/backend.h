@@ -1,0 +1,63 @@
+// backend.h: the interface every backend implements (ref/ on the CPU, cuda/ on the GPU).
+// lib/api.cpp validates all user input and keeps the call-order state; a backend only
+// computes, on arguments that are already known to be valid.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "config.h"
+#include "layout.h"
+#include "params.h"
+
+namespace stx {
+
+// Everything a backend needs to build a model.
+struct ModelSpec {
+    stx_config cfg;
+    Dims dims;
+    ParamTable table;
+    std::vector<std::shared_ptr<const Layout>> layer_layouts; // one per layer (shared)
+};
+
+// What a forward pass is asked to do.
+struct ForwardArgs {
+    const uint8_t *tokens = nullptr; // [B, T]
+    int32_t B = 0, T = 0;
+    bool training = false;     // apply residual dropout
+    uint64_t dropout_step = 0; // the counter of the dropout mask
+};
+
+enum class TensorKind { Param, Grad };
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    // Forward; keeps what backward needs; *loss_nats = mean cross-entropy.
+    virtual stx_status forward(const ForwardArgs &args, double *loss_nats) = 0;
+    // Logits of the last forward, [B, T, 256].
+    virtual stx_status logits_read(stx_dtype dtype, void *dst) const = 0;
+    // Backward of the last forward's mean loss, added into the gradients.
+    virtual stx_status backward() = 0;
+    virtual stx_status zero_grad() = 0;
+    // Global L2 norm of all gradients.
+    virtual stx_status grad_norm(double *norm) = 0;
+    // One AdamW update of every tensor at step t (1-based), gradients scaled by grad_scale.
+    virtual stx_status adamw_step(const stx_optim_config &opt, double lr, double grad_scale,
+                                  int64_t t) = 0;
+    // Whole-tensor copies by table index, converting to or from dtype.
+    virtual stx_status tensor_read(TensorKind kind, int32_t index, stx_dtype dtype,
+                                   void *dst) const = 0;
+    virtual stx_status tensor_write(TensorKind kind, int32_t index, stx_dtype dtype,
+                                    const void *src) = 0;
+    virtual void set_layer_layout(int32_t layer, std::shared_ptr<const Layout> layout) = 0;
+};
+
+// The CPU reference backend (ref/model.cpp), float or double per spec.cfg.precision.
+stx_status create_ref_backend(const ModelSpec &spec, std::unique_ptr<Backend> *out);
+
+// CUDA devices visible (0 when CUDA is not compiled in or no driver); cuda/device.cu.
+int32_t cuda_device_count();
+
+} // namespace stx

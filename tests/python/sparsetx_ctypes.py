@@ -1,0 +1,486 @@
+"""sparsetx_ctypes: a ctypes binding of include/sparsetx.h, standard library only.
+
+It is both a test helper and the example for Python users. Every function of the header is
+declared here with its argument and return types; a thin ``Model`` class wraps the common
+workflow. Typical use::
+
+    import sparsetx_ctypes as stx
+
+    lib = stx.load("build/libsparsetx.so")
+    cfg = stx.config(lib, n_layer=2, n_embd=32, n_head=2, n_ctx=64,
+                     pattern="local:16+strided:16", block_size=16)
+    with stx.Model(lib, cfg) as model:
+        model.set_optimizer(lr=3e-3)
+        data = b"hello world " * 11
+        for step in range(10):
+            model.zero_grad()
+            loss = model.forward(data[:128], B=2, T=64)   # mean nats per byte
+            model.backward()
+            model.step()
+        shapes = model.params()                # {"tok_emb": (256, 32), ...}
+        w = model.read_param("w_out")          # array.array('d'), row-major
+
+Conventions
+ - Every fallible C call returns an stx_status; a nonzero status raises ``SparsetxError``
+   carrying the status, its fixed text and the thread's ``stx_last_error()`` message.
+ - Structs are passed with ``ctypes.sizeof`` and ``ABI_VERSION`` through the ``*_v``
+   functions, so a header/library mismatch is refused (STX_ERR_VERSION) instead of misread.
+ - Tensors cross the boundary as float64 (STX_DTYPE_F64) in ``array.array('d')``, flat and
+   row-major; the shapes come from ``Model.params()``.
+"""
+
+import array
+import ctypes
+import ctypes.util
+import os
+
+# ------------------------------------------------------------------ constants (sparsetx.h)
+
+VERSION_MAJOR = 0
+VERSION_MINOR = 1
+VERSION_PATCH = 0
+VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
+VERSION_STRING = "0.1.0"
+ABI_VERSION = 1
+
+FEATURE_CUDA = 1
+FEATURE_OPENMP = 2
+
+OK = 0
+ERR_INVALID_ARGUMENT = -1
+ERR_OUT_OF_MEMORY = -2
+ERR_IO = -3
+ERR_FORMAT = -4
+ERR_VERSION = -5
+ERR_UNSUPPORTED = -6
+ERR_DEVICE = -7
+ERR_STATE = -8
+ERR_INTERNAL = -9
+STATUSES = (OK, ERR_INVALID_ARGUMENT, ERR_OUT_OF_MEMORY, ERR_IO, ERR_FORMAT, ERR_VERSION,
+            ERR_UNSUPPORTED, ERR_DEVICE, ERR_STATE, ERR_INTERNAL)
+
+LOG_DEBUG = 0
+LOG_INFO = 1
+LOG_WARN = 2
+
+BACKEND_CPU = 0
+BACKEND_CUDA = 1
+BACKEND_AUTO = 2
+
+PRECISION_FP32 = 0
+PRECISION_FP64 = 1
+PRECISION_BF16 = 2
+
+DTYPE_F32 = 0
+DTYPE_F64 = 1
+
+MAX_POS_AXES = 4
+PATTERN_MAX = 256
+VOCAB = 256
+MAX_DIMS = 4
+
+# ------------------------------------------------------------------------------ structs
+
+
+class Config(ctypes.Structure):
+    """struct stx_config, field by field."""
+
+    _fields_ = [
+        ("n_layer", ctypes.c_int32),
+        ("n_embd", ctypes.c_int32),
+        ("n_head", ctypes.c_int32),
+        ("n_ctx", ctypes.c_int32),
+        ("ff_mult", ctypes.c_int32),
+        ("block_size", ctypes.c_int32),
+        ("n_pos_axes", ctypes.c_int32),
+        ("pos_shape", ctypes.c_int32 * MAX_POS_AXES),
+        ("backend", ctypes.c_int32),
+        ("device", ctypes.c_int32),
+        ("precision", ctypes.c_int32),
+        ("n_threads", ctypes.c_int32),
+        ("recompute", ctypes.c_int32),
+        ("qk_ratio", ctypes.c_float),
+        ("dropout", ctypes.c_float),
+        ("seed", ctypes.c_uint64),
+        ("pattern", ctypes.c_char * PATTERN_MAX),
+    ]
+
+
+class OptimConfig(ctypes.Structure):
+    """struct stx_optim_config, field by field."""
+
+    _fields_ = [
+        ("lr", ctypes.c_double),
+        ("min_lr", ctypes.c_double),
+        ("beta1", ctypes.c_double),
+        ("beta2", ctypes.c_double),
+        ("eps", ctypes.c_double),
+        ("weight_decay", ctypes.c_double),
+        ("grad_clip", ctypes.c_double),
+        ("warmup_steps", ctypes.c_int64),
+        ("total_steps", ctypes.c_int64),
+    ]
+
+
+# Opaque handles: only pointers to them cross the boundary.
+class _Model(ctypes.Structure):
+    pass
+
+
+class _Layout(ctypes.Structure):
+    pass
+
+
+ModelPtr = ctypes.POINTER(_Model)
+LayoutPtr = ctypes.POINTER(_Layout)
+LogFn = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
+
+# ---------------------------------------------------------------------- the signatures
+
+_i32, _i64, _u32, _u64 = ctypes.c_int32, ctypes.c_int64, ctypes.c_uint32, ctypes.c_uint64
+_dbl, _sz, _vp, _cp = ctypes.c_double, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_char_p
+_P = ctypes.POINTER
+_status = ctypes.c_int  # a C enum
+
+# name: (restype, [argtypes])
+_SIGNATURES = {
+    "stx_version_number": (_i32, []),
+    "stx_version_string": (_cp, []),
+    "stx_build_features": (_u32, []),
+    "stx_status_string": (_cp, [_status]),
+    "stx_last_error": (_cp, []),
+    "stx_clear_error": (None, []),
+    "stx_log_set": (None, [LogFn, _vp]),
+    "stx_backend_available": (_i32, [ctypes.c_int]),
+    "stx_config_init_v": (_status, [_P(Config), _sz, _i32]),
+    "stx_config_preset_v": (_status, [_P(Config), _sz, _i32, _cp]),
+    "stx_config_validate_v": (_status, [_P(Config), _sz, _i32]),
+    "stx_pattern_normalize": (_status, [_cp, _cp, _sz]),
+    "stx_optim_config_init_v": (_status, [_P(OptimConfig), _sz, _i32]),
+    "stx_optim_lr_at": (_dbl, [_P(OptimConfig), _i64]),
+    "stx_model_create_v": (_status, [_P(Config), _sz, _i32, _P(ModelPtr)]),
+    "stx_model_free": (None, [ModelPtr]),
+    "stx_model_get_config_v": (_status, [ModelPtr, _P(Config), _sz, _i32]),
+    "stx_model_set_training": (_status, [ModelPtr, _i32]),
+    "stx_forward": (_status, [ModelPtr, _P(ctypes.c_uint8), _i32, _i32, _P(_dbl)]),
+    "stx_evaluate": (_status, [ModelPtr, _P(ctypes.c_uint8), _i32, _i32, _P(_dbl)]),
+    "stx_logits_read": (_status, [ModelPtr, ctypes.c_int, _vp, _sz]),
+    "stx_backward": (_status, [ModelPtr]),
+    "stx_zero_grad": (_status, [ModelPtr]),
+    "stx_model_set_optimizer_v": (_status, [ModelPtr, _P(OptimConfig), _sz, _i32]),
+    "stx_optimizer_step": (_status, [ModelPtr, _P(_dbl), _P(_dbl)]),
+    "stx_model_get_step": (_status, [ModelPtr, _P(_i64)]),
+    "stx_param_count": (_status, [ModelPtr, _P(_i32)]),
+    "stx_param_info": (_status, [ModelPtr, _i32, _P(_cp), _P(_i32), _P(_i64)]),
+    "stx_param_total": (_status, [ModelPtr, _P(_i64)]),
+    "stx_param_read": (_status, [ModelPtr, _cp, ctypes.c_int, _vp, _sz]),
+    "stx_param_write": (_status, [ModelPtr, _cp, ctypes.c_int, _vp, _sz]),
+    "stx_grad_read": (_status, [ModelPtr, _cp, ctypes.c_int, _vp, _sz]),
+    "stx_grad_write": (_status, [ModelPtr, _cp, ctypes.c_int, _vp, _sz]),
+    "stx_layout_create": (_status, [_cp, _i32, _i32, _i32, _P(LayoutPtr)]),
+    "stx_layout_create_from_blocks": (_status, [_i32, _i32, _i32, _P(ctypes.c_uint8),
+                                                _P(LayoutPtr)]),
+    "stx_layout_free": (None, [LayoutPtr]),
+    "stx_layout_allows": (_i32, [LayoutPtr, _i32, _i64, _i64]),
+    "stx_layout_stats": (_status, [LayoutPtr, _i32, _P(_i64), _P(_i64)]),
+    "stx_attention_forward": (_status, [LayoutPtr, ctypes.c_int, _i32, _i32, _i32, _i32, _dbl,
+                                        _vp, _vp, _vp, _vp, _vp]),
+    "stx_attention_backward": (_status, [LayoutPtr, ctypes.c_int, _i32, _i32, _i32, _i32, _dbl,
+                                         _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp]),
+    "stx_model_set_layer_layout": (_status, [ModelPtr, _i32, LayoutPtr]),
+}
+
+
+class SparsetxError(Exception):
+    """A failed sparsetx call: .status (negative int), .function and .message."""
+
+    def __init__(self, status, function, message):
+        self.status = status
+        self.function = function
+        self.message = message
+        super().__init__("%s: %s (%d): %s" % (function, _STATUS_TEXT.get(status, "?"), status,
+                                              message))
+
+
+_STATUS_TEXT = {}
+
+
+def load(path=None):
+    """Load libsparsetx and declare every function of the header on it.
+
+    path: the shared library; default: $SPARSETX_LIBRARY, then the system's search.
+    Returns the ctypes.CDLL. Raises OSError when the library cannot be found and
+    RuntimeError when it is not the version this binding was written for.
+    """
+    if path is None:
+        path = os.environ.get("SPARSETX_LIBRARY") or ctypes.util.find_library("sparsetx")
+    if not path:
+        raise OSError("libsparsetx not found: pass its path or set SPARSETX_LIBRARY")
+    lib = ctypes.CDLL(path)
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    if lib.stx_version_number() != VERSION_NUMBER:
+        raise RuntimeError("libsparsetx is version %s, this binding is for %s" %
+                           (lib.stx_version_string().decode(), VERSION_STRING))
+    for s in STATUSES:
+        _STATUS_TEXT[s] = lib.stx_status_string(s).decode()
+    return lib
+
+
+def check(lib, status, function="sparsetx"):
+    """Raise SparsetxError for a nonzero status, with the thread's last error message."""
+    if status != OK:
+        raise SparsetxError(status, function, lib.stx_last_error().decode())
+
+
+def config(lib, preset=None, **fields):
+    """An stx_config from the defaults (or a named preset), with fields overridden.
+
+    pattern may be a str; pos_shape a sequence (n_pos_axes is then set from its length).
+    """
+    cfg = Config()
+    if preset is None:
+        check(lib, lib.stx_config_init_v(ctypes.byref(cfg), ctypes.sizeof(cfg), ABI_VERSION),
+              "stx_config_init_v")
+    else:
+        check(lib, lib.stx_config_preset_v(ctypes.byref(cfg), ctypes.sizeof(cfg), ABI_VERSION,
+                                           preset.encode()), "stx_config_preset_v")
+    for key, value in fields.items():
+        if key == "pattern":
+            value = value.encode() if isinstance(value, str) else value
+            if len(value) >= PATTERN_MAX:
+                raise ValueError("pattern longer than %d bytes" % (PATTERN_MAX - 1))
+            cfg.pattern = value
+        elif key == "pos_shape":
+            dims = list(value)
+            if len(dims) > MAX_POS_AXES:
+                raise ValueError("at most %d position axes" % MAX_POS_AXES)
+            cfg.n_pos_axes = len(dims)
+            cfg.pos_shape[:] = dims + [0] * (MAX_POS_AXES - len(dims))
+        elif hasattr(cfg, key):
+            setattr(cfg, key, value)
+        else:
+            raise TypeError("stx_config has no field %r" % key)
+    return cfg
+
+
+def validate(lib, cfg):
+    """Raise SparsetxError naming the first bad field of cfg."""
+    check(lib, lib.stx_config_validate_v(ctypes.byref(cfg), ctypes.sizeof(cfg), ABI_VERSION),
+          "stx_config_validate_v")
+
+
+def optim_config(lib, **fields):
+    """An stx_optim_config from the defaults with fields overridden."""
+    opt = OptimConfig()
+    check(lib, lib.stx_optim_config_init_v(ctypes.byref(opt), ctypes.sizeof(opt), ABI_VERSION),
+          "stx_optim_config_init_v")
+    for key, value in fields.items():
+        if not hasattr(opt, key):
+            raise TypeError("stx_optim_config has no field %r" % key)
+        setattr(opt, key, value)
+    return opt
+
+
+def normalize_pattern(lib, pattern):
+    """The canonical text of a pattern (raises SparsetxError for a malformed one)."""
+    out = ctypes.create_string_buffer(4 * PATTERN_MAX)
+    check(lib, lib.stx_pattern_normalize(pattern.encode(), out, len(out)), "stx_pattern_normalize")
+    return out.value.decode()
+
+
+def _doubles(values):
+    """values as a contiguous array('d') (no copy when it already is one)."""
+    if isinstance(values, array.array) and values.typecode == "d":
+        return values
+    return array.array("d", values)
+
+
+def _ptr(arr):
+    """A void* into an array.array's buffer (valid while arr lives and is not resized)."""
+    return ctypes.c_void_p(arr.buffer_info()[0])
+
+
+class Model:
+    """A sparsetx model (an stx_model handle) with the calls a training loop needs.
+
+    Not thread-safe: use one Model from one thread at a time. Close it (or use ``with``)
+    to free the library's memory promptly.
+    """
+
+    def __init__(self, lib, cfg=None, **fields):
+        """Create a model from cfg (an stx_config) or from the defaults plus fields."""
+        self.lib = lib
+        self._handle = None
+        if cfg is None:
+            cfg = config(lib, **fields)
+        elif fields:
+            raise TypeError("give either cfg or fields")
+        handle = ModelPtr()
+        self._call("stx_model_create_v", ctypes.byref(cfg), ctypes.sizeof(cfg), ABI_VERSION,
+                   ctypes.byref(handle))
+        self._handle = handle
+        self._last_bt = None  # (B, T) of the last forward/evaluate, for logits()
+        self._shapes = None
+
+    # -- lifetime
+    def close(self):
+        """Free the model (idempotent)."""
+        if self._handle is not None:
+            self.lib.stx_model_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _call(self, name, *args):
+        status = getattr(self.lib, name)(*args)
+        check(self.lib, status, name)
+
+    @property
+    def handle(self):
+        """The raw stx_model* for calls this class does not wrap."""
+        if self._handle is None:
+            raise ValueError("the model is closed")
+        return self._handle
+
+    # -- config and modes
+    def get_config(self):
+        """The model's stx_config (with the resolved backend)."""
+        cfg = Config()
+        self._call("stx_model_get_config_v", self.handle, ctypes.byref(cfg), ctypes.sizeof(cfg),
+                   ABI_VERSION)
+        return cfg
+
+    def set_training(self, training):
+        """1/True: stx_forward applies residual dropout; 0/False: it does not."""
+        self._call("stx_model_set_training", self.handle, 1 if training else 0)
+
+    # -- forward and backward
+    @staticmethod
+    def _tokens(tokens, B, T):
+        data = bytes(tokens) if not isinstance(tokens, (bytes, bytearray)) else tokens
+        if len(data) != B * T:
+            raise ValueError("tokens: %d bytes, expected B*T = %d" % (len(data), B * T))
+        return (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+
+    def forward(self, tokens, B, T):
+        """Forward on B sequences of T bytes (B*T bytes, row-major); returns the mean loss in
+        nats per byte and keeps the activations for backward()."""
+        loss = ctypes.c_double()
+        self._call("stx_forward", self.handle, self._tokens(tokens, B, T), B, T,
+                   ctypes.byref(loss))
+        self._last_bt = (B, T)
+        return loss.value
+
+    def evaluate(self, tokens, B, T):
+        """Mean loss in nats per byte without dropout and without keeping activations."""
+        loss = ctypes.c_double()
+        self._call("stx_evaluate", self.handle, self._tokens(tokens, B, T), B, T,
+                   ctypes.byref(loss))
+        self._last_bt = (B, T)
+        return loss.value
+
+    def logits(self):
+        """The logits of the last forward/evaluate: array('d') of B*T*256, row-major."""
+        if self._last_bt is None:
+            raise ValueError("no forward or evaluate yet")
+        B, T = self._last_bt
+        out = array.array("d", bytes(8 * B * T * VOCAB))
+        self._call("stx_logits_read", self.handle, DTYPE_F64, _ptr(out), len(out))
+        return out
+
+    def backward(self):
+        """Add the gradients of the last forward's loss to the parameter gradients."""
+        self._call("stx_backward", self.handle)
+
+    def zero_grad(self):
+        self._call("stx_zero_grad", self.handle)
+
+    # -- optimizer
+    def set_optimizer(self, opt=None, **fields):
+        """Set the AdamW settings (an OptimConfig, or the defaults with fields overridden)."""
+        if opt is None:
+            opt = optim_config(self.lib, **fields)
+        self._call("stx_model_set_optimizer_v", self.handle, ctypes.byref(opt),
+                   ctypes.sizeof(opt), ABI_VERSION)
+
+    def step(self):
+        """One optimizer step; returns (learning rate used, unclipped gradient norm)."""
+        lr, norm = ctypes.c_double(), ctypes.c_double()
+        self._call("stx_optimizer_step", self.handle, ctypes.byref(lr), ctypes.byref(norm))
+        return lr.value, norm.value
+
+    @property
+    def step_count(self):
+        n = ctypes.c_int64()
+        self._call("stx_model_get_step", self.handle, ctypes.byref(n))
+        return n.value
+
+    # -- parameters
+    def params(self):
+        """{name: shape tuple} of every parameter tensor, in the library's order."""
+        if self._shapes is None:
+            count = ctypes.c_int32()
+            self._call("stx_param_count", self.handle, ctypes.byref(count))
+            shapes = {}
+            for i in range(count.value):
+                name, ndim = ctypes.c_char_p(), ctypes.c_int32()
+                shape = (ctypes.c_int64 * MAX_DIMS)()
+                self._call("stx_param_info", self.handle, i, ctypes.byref(name),
+                           ctypes.byref(ndim), shape)
+                shapes[name.value.decode()] = tuple(shape[:ndim.value])
+            self._shapes = shapes
+        return dict(self._shapes)
+
+    def param_total(self):
+        n = ctypes.c_int64()
+        self._call("stx_param_total", self.handle, ctypes.byref(n))
+        return n.value
+
+    def _numel(self, name):
+        shape = self.params().get(name)
+        if shape is None:
+            raise KeyError("no parameter named %r" % name)
+        n = 1
+        for s in shape:
+            n *= s
+        return n
+
+    def _read(self, fn, name):
+        out = array.array("d", bytes(8 * self._numel(name)))
+        self._call(fn, self.handle, name.encode(), DTYPE_F64, _ptr(out), len(out))
+        return out
+
+    def _write(self, fn, name, values):
+        src = _doubles(values)
+        if len(src) != self._numel(name):
+            raise ValueError("%s: %d values, expected %d" % (name, len(src), self._numel(name)))
+        self._call(fn, self.handle, name.encode(), DTYPE_F64, _ptr(src), len(src))
+
+    def read_param(self, name):
+        """Parameter `name` as a flat row-major array('d')."""
+        return self._read("stx_param_read", name)
+
+    def write_param(self, name, values):
+        """Overwrite parameter `name` from a flat sequence of floats (row-major)."""
+        self._write("stx_param_write", name, values)
+
+    def read_grad(self, name):
+        """The gradient of parameter `name` as a flat row-major array('d')."""
+        return self._read("stx_grad_read", name)
+
+    def write_grad(self, name, values):
+        """Overwrite the gradient of parameter `name` from a flat sequence of floats."""
+        self._write("stx_grad_write", name, values)
