@@ -236,8 +236,9 @@ STX_API stx_status stx_model_set_training(stx_model *model, int32_t training);
 STX_API stx_status stx_forward(stx_model *model, const uint8_t *tokens, int32_t B, int32_t T,
                                double *loss_nats);
 
-/* Forward without dropout and without keeping anything for backward: the mean loss in nats
- * over B*T bytes, for evaluation. Leaves the training state of stx_forward untouched. */
+/* Forward without dropout, for evaluation: the mean loss in nats over B*T bytes. It reuses
+ * the activation memory, so a following stx_backward needs a new stx_forward
+ * (STX_ERR_STATE otherwise); the dropout counter does not move. */
 STX_API stx_status stx_evaluate(stx_model *model, const uint8_t *tokens, int32_t B, int32_t T,
                                 double *loss_nats);
 
@@ -266,6 +267,12 @@ STX_API stx_status stx_model_set_optimizer_v(stx_model *model, const stx_optim_c
  * advances by one. *lr_used and *grad_norm (may be NULL) get the rate and the unclipped
  * global gradient norm. STX_ERR_STATE when no backward ran since the last step. */
 STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double *grad_norm);
+
+/* The dropout counter: the masks of the next training stx_forward are drawn at this value
+ * (Philox counter word, DESIGN.md), and each training forward advances it by one. Setting
+ * it replays the same masks, for gradient checks and for an exact resume. */
+STX_API stx_status stx_model_get_dropout_counter(const stx_model *model, uint64_t *counter);
+STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t counter);
 
 /* Optimizer steps taken so far. */
 STX_API stx_status stx_model_get_step(const stx_model *model, int64_t *step);

@@ -470,6 +470,22 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
     });
 }
 
+STX_API stx_status stx_model_get_dropout_counter(const stx_model *model, uint64_t *counter) {
+    stx_status st = check_model(model, "stx_model_get_dropout_counter");
+    if (st != STX_OK) return st;
+    if (!counter)
+        return fail(STX_ERR_INVALID_ARGUMENT, "stx_model_get_dropout_counter: counter is NULL");
+    *counter = model->dropout_step;
+    return STX_OK;
+}
+
+STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t counter) {
+    stx_status st = check_model(model, "stx_model_set_dropout_counter");
+    if (st != STX_OK) return st;
+    model->dropout_step = counter;
+    return STX_OK;
+}
+
 STX_API stx_status stx_model_get_step(const stx_model *model, int64_t *step) {
     stx_status st = check_model(model, "stx_model_get_step");
     if (st != STX_OK) return st;
