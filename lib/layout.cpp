@@ -12,8 +12,10 @@
 namespace stx {
 namespace {
 
-bool is_natural(const Component &c) {
-    return c.kind != CompKind::Strided || c.l == 1; // strided:1 reads every earlier key
+// strided:1 reads every earlier key and strided:L with L >= n_ctx only the query itself:
+// both are cheaper in natural order than in a transposed order of L slots a row.
+bool is_natural(const Component &c, int32_t n_ctx) {
+    return c.kind != CompKind::Strided || c.l == 1 || c.l >= n_ctx;
 }
 
 int64_t ceil_div(int64_t a, int64_t b) {
@@ -31,8 +33,10 @@ void natural_candidates(const Layout &lay, const Component &c, int32_t head, int
     };
     switch (c.kind) {
     case CompKind::Dense:
-    case CompKind::Strided: // only strided:1 reaches here
         add_range(0, q_hi);
+        break;
+    case CompKind::Strided: // strided:1 (dense) or strided:L >= n_ctx (the diagonal)
+        add_range(c.l == 1 ? 0 : q_lo, q_hi);
         break;
     case CompKind::Local:
         add_range(std::max<int64_t>(0, q_lo - c.l + 1), q_hi);
@@ -156,7 +160,7 @@ stx_status build_layout(const LayerPattern &pattern, int32_t n_ctx, int32_t n_he
         const MergedPattern &m = head_pattern(pattern, h);
         std::vector<Component> natural, strided;
         for (const Component &c : m.parts) {
-            std::vector<Component> &group = is_natural(c) ? natural : strided;
+            std::vector<Component> &group = is_natural(c, n_ctx) ? natural : strided;
             if (std::find(group.begin(), group.end(), c) == group.end()) group.push_back(c);
         }
         HeadLayout &hl = lay.heads[static_cast<size_t>(h)];

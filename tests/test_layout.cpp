@@ -18,7 +18,12 @@
 //      naming the problem;
 //  (d) the paper's table (PAPER.md 1.6, bs = 32): blocks per head and (q, k) pairs from
 //      layout_stats for CIFAR-10 local:96 / strided:96, ImageNet64 local:128 / strided:128,
-//      enwik8 fixed:128:32:4, against closed forms computed here and the table's numbers.
+//      enwik8 fixed:128:32:4, against closed forms computed here (themselves checked by
+//      brute force on small n) and the table's numbers; the local and strided block lists
+//      equal the paper's formulas, and every enwik8 head reads its own summary blocks.
+// Extra patterns beyond the kinds: local widths L = 1, 17, 18, 34 (L - 1 or L - 2 a multiple
+// of the block, where an off-by-one in the window's first block shows) and longer contexts
+// (301, 320) with several blocks per L and several L per block.
 // harness.h is C: cmocka 1.1.5's header has no extern "C" of its own, so it is included
 // inside one, after the C library headers it pulls in; its float INFINITY trips
 // -Wdouble-promotion as C++.
@@ -60,7 +65,7 @@ const char *const kPatterns[] = {
     "dense",
     "local:7",
     "local:16",
-    "local:1",
+    "local:1", // the edge widths: see the header
     "local:17",
     "local:18",
     "local:34",
@@ -200,16 +205,18 @@ void check_counts(const Layout &lay, int32_t h, const std::vector<int32_t> &coun
         }
 }
 
-bool is_natural(const Component &c) {
-    return c.kind != CompKind::Strided || c.l == 1;
+// strided:1 reads every earlier key and strided:L >= n_ctx only the query itself: both run
+// in natural order (no transposed order of L slots a row for a stride longer than the text).
+bool is_natural(const Component &c, int32_t n_ctx) {
+    return c.kind != CompKind::Strided || c.l == 1 || c.l >= n_ctx;
 }
 
 // The documented passes: the natural-order parts (deduplicated) share the first pass; each
-// distinct strided part (L > 1) gets its own transposed pass of stride L, in order.
+// distinct strided part (1 < L < n_ctx) gets its own transposed pass of stride L, in order.
 void check_passes(const Layout &lay, const MergedPattern &m, const Where &w) {
     std::vector<Component> natural, strided;
     for (const Component &c : m.parts) {
-        std::vector<Component> &group = is_natural(c) ? natural : strided;
+        std::vector<Component> &group = is_natural(c, lay.n_ctx) ? natural : strided;
         if (std::find(group.begin(), group.end(), c) == group.end()) group.push_back(c);
     }
     const std::vector<AttnPass> &passes = lay.heads[static_cast<size_t>(w.head)].passes;

@@ -177,9 +177,12 @@ static void check_model(void) {
         const char *name = NULL;
         int32_t ndim = 0, d;
         int64_t shape[STX_MAX_DIMS] = {0, 0, 0, 0}, numel = 1;
-        if (!check_status(stx_param_info(model, i, &name, &ndim, shape), STX_OK, "stx_param_info"))
+        stx_status st = stx_param_info(model, i, &name, &ndim, shape);
+        if (st != STX_OK || name == NULL || ndim < 1 || ndim > STX_MAX_DIMS) {
+            check_status(st, STX_OK, "stx_param_info gives a name and a rank in 1..4");
             break;
-        printf("INFO:   %-18s [", name ? name : "(null)");
+        }
+        printf("INFO:   %-18s [", name);
         for (d = 0; d < ndim; ++d) {
             printf(d ? ", %lld" : "%lld", (long long)shape[d]);
             numel *= shape[d];
@@ -194,6 +197,7 @@ static void check_model(void) {
         check_status(stx_param_info(model, count, &name, &ndim, shape), STX_ERR_INVALID_ARGUMENT,
                      "stx_param_info refuses index == count");
     }
+    check(i == count, "stx_param_info for every index");
     check_status(stx_param_total(model, &total), STX_OK, "stx_param_total");
     printf("INFO: %lld parameters\n", (long long)total);
     check(total == sum, "stx_param_total is the sum over the tensors");

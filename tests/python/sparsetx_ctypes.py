@@ -216,6 +216,8 @@ def load(path=None):
         path = os.environ.get("SPARSETX_LIBRARY") or ctypes.util.find_library("sparsetx")
     if not path:
         raise OSError("libsparsetx not found: pass its path or set SPARSETX_LIBRARY")
+    if os.path.exists(path):
+        path = os.path.abspath(path)  # dlopen does not look in the current directory
     lib = ctypes.CDLL(path)
     for name, (restype, argtypes) in _SIGNATURES.items():
         fn = getattr(lib, name)
