@@ -113,8 +113,9 @@ typedef enum stx_dtype {
     STX_DTYPE_F64 = 1  /* double */
 } stx_dtype;
 
-/* Returns 1 when the backend can be used on this machine now, 0 otherwise (for CUDA:
- * compiled in, driver present, at least one device). STX_BACKEND_AUTO always gives 1. */
+/* Returns 1 when models can be created on the backend on this machine now, 0 otherwise (for
+ * CUDA: compiled in, driver present, at least one device, and the CUDA model implemented;
+ * in this version it is not, so CUDA gives 0). STX_BACKEND_AUTO always gives 1. */
 STX_API int32_t stx_backend_available(stx_backend backend);
 
 /* ---------------------------------------------------------------- config */
@@ -194,14 +195,14 @@ typedef struct stx_optim_config {
     double weight_decay;  /* decoupled, on matrices only (default 0.01) */
     double grad_clip;     /* global-norm clip; 0 = off (default 1.0) */
     int64_t warmup_steps; /* linear warmup: lr * (t+1) / warmup for t < warmup (default 0) */
-    int64_t total_steps;  /* cosine decay to min_lr at this step; 0 = none (default 0) */
+    int64_t total_steps;  /* cosine decay to min_lr at this step; 0 = none, else > warmup */
 } stx_optim_config;
 
 STX_API stx_status stx_optim_config_init_v(stx_optim_config *opt, size_t opt_size,
                                            int32_t abi_version);
 #define stx_optim_config_init(opt) stx_optim_config_init_v((opt), sizeof *(opt), STX_ABI_VERSION)
 
-/* The learning rate the schedule gives at step t (0-based). */
+/* The learning rate the schedule gives at step t (0-based); 0 for a NULL opt or t < 0. */
 STX_API double stx_optim_lr_at(const stx_optim_config *opt, int64_t step);
 
 /* ---------------------------------------------------------------- model */
@@ -248,8 +249,9 @@ STX_API stx_status stx_logits_read(const stx_model *model, stx_dtype dtype, void
                                    size_t count);
 
 /* Backward pass of the last stx_forward's mean loss: gradients are ADDED to the parameter
- * gradients, so micro-batches accumulate until stx_zero_grad. STX_ERR_STATE without a
- * forward since the last optimizer step. */
+ * gradients, so micro-batches accumulate until stx_zero_grad. STX_ERR_STATE unless an
+ * stx_forward ran after the last change of the weights or activations (an optimizer step, a
+ * parameter write, stx_model_set_layer_layout, or an stx_evaluate). */
 STX_API stx_status stx_backward(stx_model *model);
 
 /* Set every parameter gradient to zero. */
@@ -316,12 +318,15 @@ typedef struct stx_layout stx_layout;
 
 /* Layout of one layer's pattern (a `layer` of the grammar: merged or [per-head list]) for
  * sequences of up to n_ctx, n_head heads, blocks of block_size (16, 32, 64, 128). n_ctx
- * need not be a multiple of the block size or of any stride: ragged ends are masked. */
+ * need not be a multiple of the block size or of any stride: ragged ends are masked.
+ * Errors: STX_ERR_FORMAT for a malformed pattern (or a list over layers), with the offset;
+ * STX_ERR_INVALID_ARGUMENT for a size out of range or a NULL argument. */
 STX_API stx_status stx_layout_create(const char *pattern, int32_t n_ctx, int32_t n_head,
                                      int32_t block_size, stx_layout **out);
 /* A user-supplied layout: blocks[h][i][j] != 0 when query block i of head h reads key block
  * j, in natural order, nb = ceil(n_ctx / block_size); the causal mask k <= q applies inside.
- * Blocks above the diagonal are refused (STX_ERR_INVALID_ARGUMENT). */
+ * Every diagonal block must be set (a query reads at least itself) and none above it
+ * (STX_ERR_INVALID_ARGUMENT otherwise, naming the head and block). */
 STX_API stx_status stx_layout_create_from_blocks(int32_t n_ctx, int32_t n_head, int32_t block_size,
                                                  const uint8_t *blocks, stx_layout **out);
 STX_API void stx_layout_free(stx_layout *layout);
@@ -331,7 +336,8 @@ STX_API int32_t stx_layout_allows(const stx_layout *layout, int32_t head, int64_
 STX_API stx_status stx_layout_stats(const stx_layout *layout, int32_t head, int64_t *n_blocks,
                                     int64_t *n_pairs);
 
-/* Block-sparse attention on the CPU, on caller buffers in natural order:
+/* Block-sparse attention on the CPU, on caller buffers in natural order (T <= the layout's
+ * n_ctx; STX_ERR_INVALID_ARGUMENT for bad sizes, dtype, scale or NULL buffers):
  * q, k [B, T, H*Dqk], v and out [B, T, H*Dv], lse [B, H, T] (the log-sum-exp of each row,
  * for backward), scale usually 1/sqrt(Dqk). The n x n matrix is never formed. */
 STX_API stx_status stx_attention_forward(const stx_layout *layout, stx_dtype dtype, int32_t B,

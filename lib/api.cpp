@@ -56,9 +56,12 @@ template <typename F> stx_status guarded(const char *fn, F &&f) {
     }
 }
 
+// OpenMP's thread count is a per-thread setting that outlives the call: set it on every
+// entry, back to the process default for n_threads == 0, so models do not leak it.
 void use_threads(const stx_model *m) {
 #ifdef _OPENMP
-    if (m->cfg.n_threads > 0) omp_set_num_threads(m->cfg.n_threads);
+    static const int default_threads = omp_get_max_threads();
+    omp_set_num_threads(m->cfg.n_threads > 0 ? m->cfg.n_threads : default_threads);
 #else
     (void)m;
 #endif
@@ -182,13 +185,17 @@ STX_API uint32_t stx_build_features(void) {
     return f;
 }
 
+// The CUDA model backend is the subject of its own issue; until it lands, "cuda" is refused
+// with a clear message and "auto" resolves to the CPU even where a GPU is present.
+static const bool kCudaModelImplemented = false;
+
 STX_API int32_t stx_backend_available(stx_backend backend) {
     switch (backend) {
     case STX_BACKEND_CPU:
     case STX_BACKEND_AUTO:
         return 1;
     case STX_BACKEND_CUDA:
-        return stx::cuda_device_count() > 0 ? 1 : 0;
+        return kCudaModelImplemented && stx::cuda_device_count() > 0 ? 1 : 0;
     }
     return 0;
 }
@@ -278,17 +285,24 @@ STX_API stx_status stx_model_create_v(const stx_config *cfg, size_t cfg_size, in
         m->cfg = *cfg;
         stx_status s = stx::config_validate(m->cfg, &m->pattern, &m->dims);
         if (s != STX_OK) return s;
-        if (m->cfg.backend == STX_BACKEND_AUTO)
-            m->cfg.backend =
-                stx_backend_available(STX_BACKEND_CUDA) ? STX_BACKEND_CUDA : STX_BACKEND_CPU;
+        if (m->cfg.backend == STX_BACKEND_AUTO) {
+            // fp64 exists only on the CPU; config_validate already checked the explicit cases.
+            const bool cuda =
+                m->cfg.precision != STX_PRECISION_FP64 && stx_backend_available(STX_BACKEND_CUDA);
+            m->cfg.backend = cuda ? STX_BACKEND_CUDA : STX_BACKEND_CPU;
+            if (!cuda && m->cfg.precision == STX_PRECISION_BF16)
+                return fail(STX_ERR_INVALID_ARGUMENT,
+                            "stx_model_create: precision bf16 needs the CUDA backend, and backend "
+                            "auto found none usable here (use fp32)");
+        }
         if (m->cfg.backend == STX_BACKEND_CUDA) {
-            if (!stx_backend_available(STX_BACKEND_CUDA))
+            if (!(stx_build_features() & STX_FEATURE_CUDA))
+                return fail(STX_ERR_UNSUPPORTED, "stx_model_create: backend cuda: this build has "
+                                                 "no CUDA backend (rebuild with nvcc present)");
+            if (stx::cuda_device_count() == 0)
                 return fail(STX_ERR_UNSUPPORTED,
-                            (stx_build_features() & STX_FEATURE_CUDA)
-                                ? "stx_model_create: backend cuda: no CUDA device or driver "
-                                  "on this machine (use backend cpu or auto)"
-                                : "stx_model_create: backend cuda: this build has no CUDA "
-                                  "backend (rebuild with nvcc present)");
+                            "stx_model_create: backend cuda: no CUDA device or driver on this "
+                            "machine (use backend cpu or auto)");
             return fail(STX_ERR_UNSUPPORTED,
                         "stx_model_create: backend cuda: the CUDA model is not implemented yet "
                         "(only the CPU backend runs models in this version)");
@@ -441,8 +455,9 @@ STX_API stx_status stx_model_set_optimizer_v(stx_model *model, const stx_optim_c
         return bad("grad_clip", opt->grad_clip, "must be >= 0 (0 turns clipping off)");
     if (opt->warmup_steps < 0)
         return bad("warmup_steps", static_cast<double>(opt->warmup_steps), "must be >= 0");
-    if (opt->total_steps < 0)
-        return bad("total_steps", static_cast<double>(opt->total_steps), "must be >= 0");
+    if (opt->total_steps < 0 || (opt->total_steps > 0 && opt->total_steps <= opt->warmup_steps))
+        return bad("total_steps", static_cast<double>(opt->total_steps),
+                   "must be 0 (no decay) or greater than warmup_steps");
     model->optim = *opt;
     return STX_OK;
 }

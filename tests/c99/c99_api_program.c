@@ -216,6 +216,21 @@ static void check_model(void) {
         check_status(stx_param_write(model, "w_out", STX_DTYPE_F64, w, sizeof w / sizeof w[0]),
                      STX_OK, "stx_param_write(\"w_out\")");
     }
+    check_status(stx_forward(model, tokens, B, T, NULL), STX_OK, "stx_forward (loss NULL)");
+    {
+        double g = 0.5;
+        check_status(stx_param_write(model, "start", STX_DTYPE_F64, &g, 0),
+                     STX_ERR_INVALID_ARGUMENT, "stx_param_write refuses a wrong count");
+    }
+    {
+        double start[16];
+        check_status(stx_param_read(model, "start", STX_DTYPE_F64, start, 16), STX_OK,
+                     "stx_param_read(\"start\")");
+        check_status(stx_param_write(model, "start", STX_DTYPE_F64, start, 16), STX_OK,
+                     "stx_param_write(\"start\")");
+    }
+    check_status(stx_backward(model), STX_ERR_STATE,
+                 "stx_backward after a parameter write (activations invalidated)");
     check_status(stx_evaluate(model, tokens, B, T, &loss), STX_OK, "stx_evaluate");
     printf("INFO: loss after one step %.9f\n", loss);
     check(loss > 0.0 && loss < 2.0 * LN_256, "the loss after one step is sane");

@@ -4,7 +4,9 @@ Standard library only. Usage: python3 test_ctypes_train.py path/to/libsparsetx.s
 A 2-layer model with a merged local+strided pattern takes 60 AdamW steps (lr 3e-3) on
 windows of a repeated English sentence. The loss starts at ln 256 (W_out starts at zero) and
 must fall below half of that, and below the sentence's unigram entropy (so the model uses
-the context, not only byte frequencies). Exit 0 on success, 1 on failure.
+the context, not only byte frequencies). A few calls first check the binding itself: the
+version, a refused config raising SparsetxError with the library's message, the config
+round trip. Exit 0 on success, 1 on failure.
 """
 
 import collections
@@ -37,9 +39,34 @@ def unigram_entropy(data):
     return -sum(c / len(data) * math.log(c / len(data)) for c in counts.values())
 
 
+def check_binding(lib, failures):
+    """The binding's plumbing: versions, errors as exceptions, struct round trips."""
+    if lib.stx_version_number() != stx.VERSION_NUMBER:
+        failures.append("library version %d, header %d" % (lib.stx_version_number(),
+                                                            stx.VERSION_NUMBER))
+    try:
+        stx.Model(lib, n_embd=30, n_head=4)
+        failures.append("n_embd 30 with n_head 4 was accepted")
+    except stx.SparsetxError as exc:
+        print("refused as expected: %s" % exc)
+        if exc.status != stx.ERR_INVALID_ARGUMENT or "n_embd" not in exc.message:
+            failures.append("wrong error for n_embd 30, n_head 4: %s" % exc)
+    with stx.Model(lib, n_layer=1, n_embd=16, n_head=2, n_ctx=32, block_size=16,
+                   pattern="[local:4;strided:4]", pos_shape=[4, 8], n_threads=1) as model:
+        cfg = model.get_config()
+        got = (cfg.n_layer, cfg.n_embd, cfg.pattern, cfg.n_pos_axes, list(cfg.pos_shape))
+        want = (1, 16, b"[local:4;strided:4]", 2, [4, 8, 0, 0])
+        if got != want:
+            failures.append("stx_model_get_config gave %s, expected %s" % (got, want))
+        pos = {n: s for n, s in model.params().items() if n.startswith("pos_emb")}
+        if pos != {"pos_emb.0": (4, 16), "pos_emb.1": (8, 16)}:
+            failures.append("position shape [4, 8] gave tables %s" % pos)
+
+
 def main():
     lib = stx.load(sys.argv[1] if len(sys.argv) > 1 else None)
     failures = []
+    check_binding(lib, failures)
     cfg = stx.config(lib, n_layer=2, n_embd=32, n_head=2, n_ctx=T, block_size=16,
                      pattern="local:16+strided:16", precision=stx.PRECISION_FP32,
                      backend=stx.BACKEND_CPU, n_threads=1, seed=1234)
