@@ -76,7 +76,8 @@ typedef enum stx_status {
     STX_ERR_UNSUPPORTED = -6,      /* backend not built or feature not available here */
     STX_ERR_DEVICE = -7,           /* a CUDA error; the message has CUDA's text */
     STX_ERR_STATE = -8,            /* calls in the wrong order (backward before forward) */
-    STX_ERR_INTERNAL = -9          /* a bug in sparsetx; please report it */
+    STX_ERR_INTERNAL = -9,         /* a bug in sparsetx; please report it */
+    STX_STATUS_RANGE = 0x7fffffff  /* not a status: makes any int32 a valid value (FFI) */
 } stx_status;
 
 /* Fixed text for a status code ("invalid argument"). Never NULL. */
@@ -88,29 +89,40 @@ STX_API const char *stx_last_error(void);
 /* Forget the last error on this thread. */
 STX_API void stx_clear_error(void);
 
-typedef enum stx_log_level { STX_LOG_DEBUG = 0, STX_LOG_INFO = 1, STX_LOG_WARN = 2 } stx_log_level;
+typedef enum stx_log_level {
+    STX_LOG_DEBUG = 0,
+    STX_LOG_INFO = 1,
+    STX_LOG_WARN = 2,
+    STX_LOG_LEVEL_RANGE = 0x7fffffff
+} stx_log_level;
 typedef void (*stx_log_fn)(int32_t level, const char *message, void *user_data);
 /* Route the library's optional diagnostics to a callback (process-wide; set it before
  * creating models). NULL, the default, means silent. */
 STX_API void stx_log_set(stx_log_fn fn, void *user_data);
 
 /* ---------------------------------------------------------------- enums */
+/* Each enum ends with a *_RANGE value that is not a real choice: it gives the type the range
+ * of int32, so a value from another language is always a defined value that the library can
+ * refuse with a message. */
 
 typedef enum stx_backend {
     STX_BACKEND_CPU = 0,  /* the OpenMP reference backend, always present */
     STX_BACKEND_CUDA = 1, /* the CUDA backend on device stx_config.device */
-    STX_BACKEND_AUTO = 2  /* CUDA when compiled in and a device is present, else CPU */
+    STX_BACKEND_AUTO = 2, /* CUDA when compiled in and a device is present, else CPU */
+    STX_BACKEND_RANGE = 0x7fffffff
 } stx_backend;
 
 typedef enum stx_precision {
     STX_PRECISION_FP32 = 0, /* exact float32 everywhere (default) */
     STX_PRECISION_FP64 = 1, /* float64 everywhere (CPU only; for gradient checks) */
-    STX_PRECISION_BF16 = 2  /* bf16 matrix inputs, fp32 accumulation and master weights */
+    STX_PRECISION_BF16 = 2, /* bf16 matrix inputs, fp32 accumulation and master weights */
+    STX_PRECISION_RANGE = 0x7fffffff
 } stx_precision;
 
 typedef enum stx_dtype {
     STX_DTYPE_F32 = 0, /* float */
-    STX_DTYPE_F64 = 1  /* double */
+    STX_DTYPE_F64 = 1, /* double */
+    STX_DTYPE_RANGE = 0x7fffffff
 } stx_dtype;
 
 /* Returns 1 when models can be created on the backend on this machine now, 0 otherwise (for

@@ -196,6 +196,8 @@ STX_API int32_t stx_backend_available(stx_backend backend) {
         return 1;
     case STX_BACKEND_CUDA:
         return kCudaModelImplemented && stx::cuda_device_count() > 0 ? 1 : 0;
+    case STX_BACKEND_RANGE:
+        break;
     }
     return 0;
 }

@@ -231,7 +231,10 @@ static void check_model(void) {
     }
     check_status(stx_backward(model), STX_ERR_STATE,
                  "stx_backward after a parameter write (activations invalidated)");
+    check_status(stx_forward(model, tokens, B, T, NULL), STX_OK, "stx_forward");
     check_status(stx_evaluate(model, tokens, B, T, &loss), STX_OK, "stx_evaluate");
+    check_status(stx_backward(model), STX_ERR_STATE,
+                 "stx_backward after stx_evaluate (activation memory reused)");
     printf("INFO: loss after one step %.9f\n", loss);
     check(loss > 0.0 && loss < 2.0 * LN_256, "the loss after one step is sane");
 

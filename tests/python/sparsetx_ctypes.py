@@ -169,6 +169,8 @@ _SIGNATURES = {
     "stx_zero_grad": (_status, [ModelPtr]),
     "stx_model_set_optimizer_v": (_status, [ModelPtr, _P(OptimConfig), _sz, _i32]),
     "stx_optimizer_step": (_status, [ModelPtr, _P(_dbl), _P(_dbl)]),
+    "stx_model_get_dropout_counter": (_status, [ModelPtr, _P(_u64)]),
+    "stx_model_set_dropout_counter": (_status, [ModelPtr, _u64]),
     "stx_model_get_step": (_status, [ModelPtr, _P(_i64)]),
     "stx_param_count": (_status, [ModelPtr, _P(_i32)]),
     "stx_param_info": (_status, [ModelPtr, _i32, _P(_cp), _P(_i32), _P(_i64)]),
@@ -423,6 +425,18 @@ class Model:
         lr, norm = ctypes.c_double(), ctypes.c_double()
         self._call("stx_optimizer_step", self.handle, ctypes.byref(lr), ctypes.byref(norm))
         return lr.value, norm.value
+
+    @property
+    def dropout_counter(self):
+        """The counter the next training forward draws its dropout masks at; assigning it
+        replays the same masks."""
+        n = ctypes.c_uint64()
+        self._call("stx_model_get_dropout_counter", self.handle, ctypes.byref(n))
+        return n.value
+
+    @dropout_counter.setter
+    def dropout_counter(self, value):
+        self._call("stx_model_set_dropout_counter", self.handle, value)
 
     @property
     def step_count(self):
