@@ -6,7 +6,6 @@
  *
  *   sparsetx-demo FILE [--steps N] [--threads N] [--seed N]
  */
-#define _POSIX_C_SOURCE 200809L /* clock_gettime */
 #include <math.h>
 #include <sparsetx.h>
 #include <stdio.h>

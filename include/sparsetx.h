@@ -368,6 +368,120 @@ STX_API stx_status stx_attention_backward(const stx_layout *layout, stx_dtype dt
 STX_API stx_status stx_model_set_layer_layout(stx_model *model, int32_t layer,
                                               const stx_layout *layout);
 
+/* ---------------------------------------------------------------- checkpoints */
+
+/* Save the model to path: the full config, every parameter, the optimizer configuration and
+ * state (Adam moments, step), the dropout counter, and app_state (may be NULL), a text the
+ * application owns (e.g. the trainer's "key=value" lines: data position, RNG state). The
+ * file is self-describing and versioned, each section carries a CRC32, and it is written to
+ * "path.tmp", fsynced and renamed over path, so a crash never leaves a half checkpoint in
+ * place of a good one. Errors: STX_ERR_IO naming the path and the OS error (the old file at
+ * path is left untouched). */
+STX_API stx_status stx_model_save(const stx_model *model, const char *path, const char *app_state);
+
+/* Load a checkpoint written by stx_model_save onto a backend (stx_backend; device for CUDA;
+ * STX_BACKEND_AUTO picks as at create). Training resumes exactly where it was saved. Every
+ * size is checked against the file before anything is allocated. Errors: STX_ERR_IO (cannot
+ * read), STX_ERR_FORMAT (not a checkpoint, truncated, a checksum mismatch, sizes that do not
+ * match the config), STX_ERR_VERSION (written by a newer format), each naming the file. */
+STX_API stx_status stx_model_load(const char *path, int32_t backend, int32_t device,
+                                  stx_model **out);
+
+/* The app_state text of the checkpoint the model was loaded from ("" otherwise). Valid
+ * until the model is freed. */
+STX_API const char *stx_model_app_state(const stx_model *model);
+
+/* ---------------------------------------------------------------- data */
+
+typedef struct stx_dataset stx_dataset;
+
+typedef enum stx_data_kind {
+    STX_DATA_BYTES = 0, /* any file, raw or gzip: one byte stream */
+    STX_DATA_IDX = 1,   /* IDX image file (MNIST, Fashion-MNIST), raw or gzip: records [H, W, 1] */
+    STX_DATA_CIFAR = 2, /* CIFAR-10 binary batch: records of 3072 bytes served as HWC [32, 32, 3] */
+    STX_DATA_WAV = 3,   /* PCM WAV, 8 or 16 bit, channels mixed down: one stream of mu-law bytes */
+    STX_DATA_KIND_RANGE = 0x7fffffff
+} stx_data_kind;
+
+typedef enum stx_split {
+    STX_SPLIT_TRAIN = 0,
+    STX_SPLIT_VALID = 1,
+    STX_SPLIT_TEST = 2,
+    STX_SPLIT_ALL = 3,
+    STX_SPLIT_RANGE = 0x7fffffff
+} stx_split;
+
+typedef struct stx_data_info {
+    int64_t n_bytes;     /* bytes served (after decompression and decoding) */
+    int64_t record_size; /* bytes per record (images); 0 for streams */
+    int64_t n_records;   /* records (images); 0 for streams */
+    int32_t n_axes;      /* axes of one record's position shape (images: 3); 0 for streams */
+    int32_t shape[STX_MAX_POS_AXES]; /* [H, W, C] of one record */
+    int32_t sample_rate;             /* WAV: rate of the served mu-law bytes; 0 otherwise */
+} stx_data_info;
+
+/* Open a data file, read once: memory-mapped when raw, decompressed once when gzip (zlib's
+ * gzread reads both). resample_hz (WAV only): 0 keeps the file's rate, else the audio is
+ * resampled to it (12000 is the paper's). Errors: STX_ERR_IO (cannot open or read),
+ * STX_ERR_FORMAT (empty file, truncated gzip, wrong IDX magic or sizes that do not match the
+ * file, a CIFAR batch of the wrong length, an unsupported WAV), each naming file and problem. */
+STX_API stx_status stx_dataset_open(const char *path, stx_data_kind kind, int32_t resample_hz,
+                                    stx_dataset **out);
+STX_API void stx_dataset_free(stx_dataset *dataset);
+STX_API stx_status stx_dataset_info(const stx_dataset *dataset, stx_data_info *info);
+
+/* Byte range [begin, end) of a split. Streams: a file of exactly 100,000,000 bytes (enwik8)
+ * splits 90M / 5M / 5M, any other 90% / 5% / 5%; record datasets split whole records the same
+ * way (90/5/5). Callers wanting explicit ranges use stx_dataset_read directly. */
+STX_API stx_status stx_dataset_split(const stx_dataset *dataset, stx_split split, int64_t *begin,
+                                     int64_t *end);
+
+/* Copy n bytes at offset into dst. STX_ERR_INVALID_ARGUMENT outside the data. */
+STX_API stx_status stx_dataset_read(const stx_dataset *dataset, int64_t offset, void *dst,
+                                    int64_t n);
+
+/* A training batch: B windows of T bytes, dst [B, T], each starting at a uniformly drawn
+ * offset in [begin, end - T] (record datasets: at a record boundary). The generator state
+ * *rng is the caller's (a checkpoint saves it, so a resumed run draws the same batches); it
+ * is advanced. STX_ERR_INVALID_ARGUMENT when the range is shorter than T. */
+STX_API stx_status stx_dataset_sample(const stx_dataset *dataset, int64_t begin, int64_t end,
+                                      int32_t B, int32_t T, uint64_t *rng, uint8_t *dst);
+
+/* Write 8-bit pixels (rows of width * channels bytes; channels 1 or 3) as a PNG file. */
+STX_API stx_status stx_png_write(const char *path, const uint8_t *pixels, int32_t width,
+                                 int32_t height, int32_t channels);
+
+/* Decode n mu-law bytes to 16-bit PCM and write a mono WAV file at sample_rate. */
+STX_API stx_status stx_wav_write_mulaw(const char *path, const uint8_t *mulaw, int64_t n,
+                                       int32_t sample_rate);
+
+/* ---------------------------------------------------------------- sampling */
+
+typedef struct stx_sample_config {
+    double temperature; /* logits are divided by it (default 1.0); > 0 */
+    int32_t top_k;      /* keep the k most likely bytes; 0 = all (default 0) */
+    int32_t stop_byte;  /* stop a sample after it emits this byte; -1 = never (default -1) */
+    double top_p;       /* keep the smallest set with probability >= top_p (default 1.0) */
+    uint64_t seed;      /* same seed, backend and precision: same bytes (default 1) */
+} stx_sample_config;
+
+STX_API stx_status stx_sample_config_init_v(stx_sample_config *sc, size_t sc_size,
+                                            int32_t abi_version);
+#define stx_sample_config_init(sc) stx_sample_config_init_v((sc), sizeof *(sc), STX_ABI_VERSION)
+
+/* Generate `batch` independent samples, without dropout. Sample b starts with its own prompt
+ * prompts[b][0 .. n_prompt) (n_prompt may be 0: unconditional) and gets up to n_new bytes;
+ * out is [batch][n_prompt + n_new] (prompt copied in front), lengths[b] (may be NULL) the
+ * bytes written for sample b (shorter when it emitted stop_byte). Beyond n_ctx the model
+ * reads the last n_ctx bytes. */
+STX_API stx_status stx_sample_v(stx_model *model, const uint8_t *prompts, int32_t n_prompt,
+                                int32_t n_new, int32_t batch, const stx_sample_config *sc,
+                                size_t sc_size, int32_t abi_version, uint8_t *out,
+                                int32_t *lengths);
+#define stx_sample(model, prompts, n_prompt, n_new, batch, sc, out, lengths)                       \
+    stx_sample_v((model), (prompts), (n_prompt), (n_new), (batch), (sc), sizeof *(sc),             \
+                 STX_ABI_VERSION, (out), (lengths))
+
 #ifdef __cplusplus
 }
 #endif

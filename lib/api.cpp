@@ -12,6 +12,7 @@
 #include "config.h"
 #include "error.h"
 #include "layout.h"
+#include "model_handle.h"
 #include "ops.h"
 #include "params.h"
 
@@ -19,53 +20,16 @@
 #include <omp.h>
 #endif
 
-struct stx_model {
-    stx_config cfg;
-    stx::Dims dims;
-    stx::ModelPattern pattern;
-    stx::ParamTable table;
-    std::unique_ptr<stx::Backend> backend;
-    stx_optim_config optim;
-    int64_t step = 0;          // optimizer steps taken
-    uint64_t dropout_step = 0; // training forwards run (the dropout counter)
-    bool training = true;
-    bool forward_ready = false; // activations of a training forward are in place
-    bool logits_ready = false;  // logits of the last forward or evaluate are in place
-    bool grads_pending = false; // a backward ran since the last optimizer step
-    int32_t last_B = 0, last_T = 0;
-};
-
 struct stx_layout {
     std::shared_ptr<const stx::Layout> layout;
 };
 
 namespace {
 
+using stx::check_model;
 using stx::fail;
-
-// Runs f, mapping exceptions to status codes.
-template <typename F> stx_status guarded(const char *fn, F &&f) {
-    try {
-        return f();
-    } catch (const std::bad_alloc &) {
-        return fail(STX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
-    } catch (const std::exception &e) {
-        return fail(STX_ERR_INTERNAL, "%s: %s", fn, e.what());
-    } catch (...) {
-        return fail(STX_ERR_INTERNAL, "%s: unknown exception", fn);
-    }
-}
-
-// OpenMP's thread count is a per-thread setting that outlives the call: set it on every
-// entry, back to the process default for n_threads == 0, so models do not leak it.
-void use_threads(const stx_model *m) {
-#ifdef _OPENMP
-    static const int default_threads = omp_get_max_threads();
-    omp_set_num_threads(m->cfg.n_threads > 0 ? m->cfg.n_threads : default_threads);
-#else
-    (void)m;
-#endif
-}
+using stx::guarded;
+using stx::use_threads;
 
 // Bytes of host memory physically present; 0 if unknown.
 double physical_memory_bytes() {
@@ -97,11 +61,6 @@ double activation_bytes(const stx_model *m, int32_t B, int32_t T) {
     const double rest =
         N * ((d.L + 1.0) * d.C + 12.0 * d.C + 2.0 * d.QK + 2.0 * d.F + 2.0 * STX_VOCAB + 3.0);
     return (per_block * blocks + rest) * scalar_bytes(m->cfg);
-}
-
-stx_status check_model(const stx_model *m, const char *fn) {
-    if (!m) return fail(STX_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
-    return STX_OK;
 }
 
 stx_status check_batch(const stx_model *m, const char *fn, const uint8_t *tokens, int32_t B,
@@ -164,6 +123,70 @@ template <typename S> struct Typed {
 };
 
 } // namespace
+
+namespace stx {
+
+// OpenMP's thread count is a per-thread setting that outlives the call: set it on every
+// entry, back to the process default for n_threads == 0, so models do not leak it.
+void use_threads(const stx_model *m) {
+#ifdef _OPENMP
+    static const int default_threads = omp_get_max_threads();
+    omp_set_num_threads(m->cfg.n_threads > 0 ? m->cfg.n_threads : default_threads);
+#else
+    (void)m;
+#endif
+}
+
+stx_status check_model(const stx_model *m, const char *fn) {
+    if (!m) return fail(STX_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    return STX_OK;
+}
+
+stx_status create_model(const stx_config &cfg, stx_model **out) {
+    std::unique_ptr<stx_model> m(new stx_model());
+    m->cfg = cfg;
+    stx_status s = stx::config_validate(m->cfg, &m->pattern, &m->dims);
+    if (s != STX_OK) return s;
+    if (m->cfg.backend == STX_BACKEND_AUTO) {
+        // fp64 exists only on the CPU; config_validate already checked the explicit cases.
+        const bool cuda =
+            m->cfg.precision != STX_PRECISION_FP64 && stx_backend_available(STX_BACKEND_CUDA);
+        m->cfg.backend = cuda ? STX_BACKEND_CUDA : STX_BACKEND_CPU;
+        if (!cuda && m->cfg.precision == STX_PRECISION_BF16)
+            return fail(STX_ERR_INVALID_ARGUMENT,
+                        "stx_model_create: precision bf16 needs the CUDA backend, and backend "
+                        "auto found none usable here (use fp32)");
+    }
+    if (m->cfg.backend == STX_BACKEND_CUDA) {
+        if (!(stx_build_features() & STX_FEATURE_CUDA))
+            return fail(STX_ERR_UNSUPPORTED, "stx_model_create: backend cuda: this build has "
+                                             "no CUDA backend (rebuild with nvcc present)");
+        if (stx::cuda_device_count() == 0)
+            return fail(STX_ERR_UNSUPPORTED,
+                        "stx_model_create: backend cuda: no CUDA device or driver on this "
+                        "machine (use backend cpu or auto)");
+        return fail(STX_ERR_UNSUPPORTED,
+                    "stx_model_create: backend cuda: the CUDA model is not implemented yet "
+                    "(only the CPU backend runs models in this version)");
+    }
+    m->table = stx::build_param_table(m->dims);
+    if ((s = check_fits("stx_model_create: parameters, gradients and Adam moments",
+                        4.0 * static_cast<double>(m->table.total) * scalar_bytes(m->cfg))) !=
+        STX_OK)
+        return s;
+    stx::ModelSpec spec;
+    spec.cfg = m->cfg;
+    spec.dims = m->dims;
+    spec.table = m->table;
+    if ((s = build_layer_layouts(m.get(), &spec.layer_layouts)) != STX_OK) return s;
+    use_threads(m.get());
+    if ((s = stx::create_ref_backend(spec, &m->backend)) != STX_OK) return s;
+    stx_optim_config_init(&m->optim);
+    *out = m.release();
+    return STX_OK;
+}
+
+} // namespace stx
 
 extern "C" {
 
@@ -282,49 +305,7 @@ STX_API stx_status stx_model_create_v(const stx_config *cfg, size_t cfg_size, in
     if (!cfg) return fail(STX_ERR_INVALID_ARGUMENT, "stx_model_create: cfg is NULL");
     stx_status st = stx::check_abi("stx_model_create", cfg_size, sizeof(stx_config), abi_version);
     if (st != STX_OK) return st;
-    return guarded("stx_model_create", [&] {
-        std::unique_ptr<stx_model> m(new stx_model());
-        m->cfg = *cfg;
-        stx_status s = stx::config_validate(m->cfg, &m->pattern, &m->dims);
-        if (s != STX_OK) return s;
-        if (m->cfg.backend == STX_BACKEND_AUTO) {
-            // fp64 exists only on the CPU; config_validate already checked the explicit cases.
-            const bool cuda =
-                m->cfg.precision != STX_PRECISION_FP64 && stx_backend_available(STX_BACKEND_CUDA);
-            m->cfg.backend = cuda ? STX_BACKEND_CUDA : STX_BACKEND_CPU;
-            if (!cuda && m->cfg.precision == STX_PRECISION_BF16)
-                return fail(STX_ERR_INVALID_ARGUMENT,
-                            "stx_model_create: precision bf16 needs the CUDA backend, and backend "
-                            "auto found none usable here (use fp32)");
-        }
-        if (m->cfg.backend == STX_BACKEND_CUDA) {
-            if (!(stx_build_features() & STX_FEATURE_CUDA))
-                return fail(STX_ERR_UNSUPPORTED, "stx_model_create: backend cuda: this build has "
-                                                 "no CUDA backend (rebuild with nvcc present)");
-            if (stx::cuda_device_count() == 0)
-                return fail(STX_ERR_UNSUPPORTED,
-                            "stx_model_create: backend cuda: no CUDA device or driver on this "
-                            "machine (use backend cpu or auto)");
-            return fail(STX_ERR_UNSUPPORTED,
-                        "stx_model_create: backend cuda: the CUDA model is not implemented yet "
-                        "(only the CPU backend runs models in this version)");
-        }
-        m->table = stx::build_param_table(m->dims);
-        if ((s = check_fits("stx_model_create: parameters, gradients and Adam moments",
-                            4.0 * static_cast<double>(m->table.total) * scalar_bytes(m->cfg))) !=
-            STX_OK)
-            return s;
-        stx::ModelSpec spec;
-        spec.cfg = m->cfg;
-        spec.dims = m->dims;
-        spec.table = m->table;
-        if ((s = build_layer_layouts(m.get(), &spec.layer_layouts)) != STX_OK) return s;
-        use_threads(m.get());
-        if ((s = stx::create_ref_backend(spec, &m->backend)) != STX_OK) return s;
-        stx_optim_config_init(&m->optim);
-        *out = m.release();
-        return STX_OK;
-    });
+    return guarded("stx_model_create", [&] { return stx::create_model(*cfg, out); });
 }
 
 STX_API void stx_model_free(stx_model *model) {

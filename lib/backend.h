@@ -29,7 +29,8 @@ struct ForwardArgs {
     uint64_t dropout_step = 0; // the counter of the dropout mask
 };
 
-enum class TensorKind { Param, Grad };
+// Adam moments (AdamM, AdamV) read as zeros before the first optimizer step.
+enum class TensorKind { Param, Grad, AdamM, AdamV };
 
 class Backend {
 public:

@@ -110,10 +110,7 @@ public:
 
     stx_status adamw_step(const stx_optim_config &opt, double lr, double grad_scale,
                           int64_t t) override {
-        if (m_.empty()) {
-            m_.assign(params_.size(), S(0));
-            v_.assign(params_.size(), S(0));
-        }
+        ensure_moments();
         for (const TensorSpec &ts : spec_.table.tensors) {
             const size_t o = static_cast<size_t>(ts.offset);
             ref::adamw_update(&params_[o], &m_[o], &v_[o], &grads_[o], ts.numel, grad_scale, lr,
@@ -125,7 +122,16 @@ public:
     stx_status tensor_read(TensorKind kind, int32_t index, stx_dtype dtype,
                            void *dst) const override {
         const TensorSpec &ts = spec_.table.tensors[static_cast<size_t>(index)];
-        const std::vector<S> &buf = kind == TensorKind::Param ? params_ : grads_;
+        const std::vector<S> &buf = buffer(kind);
+        if (buf.empty()) { // Adam moments before the first step
+            for (int64_t i = 0; i < ts.numel; ++i) {
+                if (dtype == STX_DTYPE_F64)
+                    static_cast<double *>(dst)[i] = 0.0;
+                else
+                    static_cast<float *>(dst)[i] = 0.0f;
+            }
+            return STX_OK;
+        }
         convert_out(&buf[static_cast<size_t>(ts.offset)], static_cast<size_t>(ts.numel), dtype,
                     dst);
         return STX_OK;
@@ -134,7 +140,8 @@ public:
     stx_status tensor_write(TensorKind kind, int32_t index, stx_dtype dtype,
                             const void *src) override {
         const TensorSpec &ts = spec_.table.tensors[static_cast<size_t>(index)];
-        std::vector<S> &buf = kind == TensorKind::Param ? params_ : grads_;
+        if (kind == TensorKind::AdamM || kind == TensorKind::AdamV) ensure_moments();
+        std::vector<S> &buf = buffer(kind);
         S *dst = &buf[static_cast<size_t>(ts.offset)];
         for (int64_t i = 0; i < ts.numel; ++i)
             dst[i] = dtype == STX_DTYPE_F64 ? static_cast<S>(static_cast<const double *>(src)[i])
@@ -147,6 +154,27 @@ public:
     }
 
 private:
+    void ensure_moments() {
+        if (!m_.empty()) return;
+        m_.assign(params_.size(), S(0));
+        v_.assign(params_.size(), S(0));
+    }
+    std::vector<S> &buffer(TensorKind kind) {
+        switch (kind) {
+        case TensorKind::Param:
+            return params_;
+        case TensorKind::Grad:
+            return grads_;
+        case TensorKind::AdamM:
+            return m_;
+        case TensorKind::AdamV:
+            return v_;
+        }
+        return params_;
+    }
+    const std::vector<S> &buffer(TensorKind kind) const {
+        return const_cast<RefModel *>(this)->buffer(kind);
+    }
     int64_t rows() const { return static_cast<int64_t>(B_) * T_; }
     S *param(int32_t t) { return &params_[offset(t)]; }
     S *grad(int32_t t) { return &grads_[offset(t)]; }

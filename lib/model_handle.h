@@ -1,0 +1,55 @@
+// model_handle.h: what stands behind the public stx_model handle, and the helpers every
+// file of the C API shares (lib/api.cpp, and the checkpoint, data and sampling entry points).
+#pragma once
+#include <memory>
+#include <new>
+#include <string>
+
+#include "backend.h"
+#include "config.h"
+#include "error.h"
+#include "params.h"
+#include "pattern.h"
+
+struct stx_model {
+    stx_config cfg;
+    stx::Dims dims;
+    stx::ModelPattern pattern;
+    stx::ParamTable table;
+    std::unique_ptr<stx::Backend> backend;
+    stx_optim_config optim;
+    int64_t step = 0;          // optimizer steps taken
+    uint64_t dropout_step = 0; // training forwards run (the dropout counter)
+    bool training = true;
+    bool forward_ready = false; // activations of a training forward are in place
+    bool logits_ready = false;  // logits of the last forward or evaluate are in place
+    bool grads_pending = false; // a backward ran since the last optimizer step
+    int32_t last_B = 0, last_T = 0;
+    std::string app_state; // the application text of the checkpoint it was loaded from
+};
+
+namespace stx {
+
+// Runs f, mapping exceptions to status codes.
+template <typename F> stx_status guarded(const char *fn, F &&f) {
+    try {
+        return f();
+    } catch (const std::bad_alloc &) {
+        return fail(STX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
+    } catch (const std::exception &e) {
+        return fail(STX_ERR_INTERNAL, "%s: %s", fn, e.what());
+    } catch (...) {
+        return fail(STX_ERR_INTERNAL, "%s: unknown exception", fn);
+    }
+}
+
+// A new model from a config (validated here), with freshly initialized weights.
+stx_status create_model(const stx_config &cfg, stx_model **out);
+
+// STX_ERR_INVALID_ARGUMENT naming fn when model is NULL.
+stx_status check_model(const stx_model *model, const char *fn);
+
+// Sets the OpenMP thread count of the calling thread for this model's work.
+void use_threads(const stx_model *model);
+
+} // namespace stx
