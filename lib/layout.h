@@ -50,12 +50,17 @@ struct Layout {
     bool component_allows_at(const Component &c, int32_t head, int64_t q, int64_t k) const;
 };
 
-// Position held by a slot of a pass, or -1 for a padded slot.
+// Position held by a slot, or -1 for a padded slot (shared with the CUDA kernels).
+STX_HD int64_t slot_position_raw(bool transposed, int32_t stride, int64_t rows, int64_t n,
+                                 int64_t slot) {
+    if (!transposed) return slot < n ? slot : -1;
+    const int64_t r = slot % rows, c = slot / rows;
+    const int64_t pos = r * stride + c;
+    return pos < n ? pos : -1;
+}
+
 inline int64_t slot_position(const AttnPass &p, int32_t n_ctx, int64_t slot) {
-    if (!p.transposed) return slot < n_ctx ? slot : -1;
-    int64_t r = slot % p.rows, c = slot / p.rows;
-    int64_t pos = r * p.stride + c;
-    return pos < n_ctx ? pos : -1;
+    return slot_position_raw(p.transposed, p.stride, p.rows, n_ctx, slot);
 }
 
 // Errors: STX_ERR_INVALID_ARGUMENT (n_ctx, n_head or block size out of range) with a message.

@@ -222,26 +222,6 @@ std::string format_model(const ModelPattern &p) {
     return s;
 }
 
-bool component_allows(const Component &c, int32_t head, int64_t q, int64_t k) {
-    switch (c.kind) {
-    case CompKind::Dense:
-        return true;
-    case CompKind::Local:
-        return q - k < c.l;
-    case CompKind::Strided:
-        return (q - k) % c.l == 0;
-    case CompKind::Fixed: {
-        if (q / c.l == k / c.l) return true;
-        int64_t g = head % c.g;
-        int64_t cell = k % c.l;
-        return cell >= c.l - (g + 1) * c.c && cell < c.l - g * c.c;
-    }
-    case CompKind::User:
-        return false;
-    }
-    return false;
-}
-
 bool merged_allows(const MergedPattern &m, int32_t head, int64_t q, int64_t k) {
     for (const Component &c : m.parts)
         if (component_allows(c, head, q, k)) return true;

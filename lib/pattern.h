@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "hd.h"
 #include "sparsetx.h"
 
 namespace stx {
@@ -55,8 +56,30 @@ inline const LayerPattern &layer_pattern(const ModelPattern &p, int32_t layer) {
 }
 
 // Element-wise definition for query q and key k of head `head` (0 <= k <= q required;
-// the User kind is answered by the Layout, never here).
-bool component_allows(const Component &c, int32_t head, int64_t q, int64_t k);
+// the User kind is answered by the Layout, never here). One definition for both backends.
+STX_HD bool component_allows_raw(CompKind kind, int32_t l, int32_t c, int32_t g, int32_t head,
+                                 int64_t q, int64_t k) {
+    switch (kind) {
+    case CompKind::Dense:
+        return true;
+    case CompKind::Local:
+        return q - k < l;
+    case CompKind::Strided:
+        return (q - k) % l == 0;
+    case CompKind::Fixed: {
+        if (q / l == k / l) return true;
+        const int64_t group = head % g, cell = k % l;
+        return cell >= l - (group + 1) * c && cell < l - group * c;
+    }
+    case CompKind::User:
+        return false;
+    }
+    return false;
+}
+
+inline bool component_allows(const Component &c, int32_t head, int64_t q, int64_t k) {
+    return component_allows_raw(c.kind, c.l, c.c, c.g, head, q, k);
+}
 bool merged_allows(const MergedPattern &m, int32_t head, int64_t q, int64_t k);
 
 } // namespace stx

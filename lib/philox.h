@@ -5,11 +5,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define STX_HD __host__ __device__ __forceinline__
-#else
-#define STX_HD inline
-#endif
+#include "hd.h"
 
 namespace stx {
 
