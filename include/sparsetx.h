@@ -126,8 +126,7 @@ typedef enum stx_dtype {
 } stx_dtype;
 
 /* Returns 1 when models can be created on the backend on this machine now, 0 otherwise (for
- * CUDA: compiled in, driver present, at least one device, and the CUDA model implemented;
- * in this version it is not, so CUDA gives 0). STX_BACKEND_AUTO always gives 1. */
+ * CUDA: compiled in, driver present, at least one device). STX_BACKEND_AUTO always gives 1. */
 STX_API int32_t stx_backend_available(stx_backend backend);
 
 /* ---------------------------------------------------------------- config */
@@ -287,6 +286,12 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
  * it replays the same masks, for gradient checks and for an exact resume. */
 STX_API stx_status stx_model_get_dropout_counter(const stx_model *model, uint64_t *counter);
 STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t counter);
+
+/* Bytes of backend memory the model holds now and the most it has held (device memory on
+ * the CUDA backend: weights, gradients, optimizer state, activations and scratch; host
+ * memory of the same on the CPU). Either pointer may be NULL. */
+STX_API stx_status stx_model_memory(const stx_model *model, int64_t *bytes_in_use,
+                                    int64_t *bytes_peak);
 
 /* Optimizer steps taken so far. */
 STX_API stx_status stx_model_get_step(const stx_model *model, int64_t *step);

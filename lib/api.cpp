@@ -165,9 +165,6 @@ stx_status create_model(const stx_config &cfg, stx_model **out) {
             return fail(STX_ERR_UNSUPPORTED,
                         "stx_model_create: backend cuda: no CUDA device or driver on this "
                         "machine (use backend cpu or auto)");
-        return fail(STX_ERR_UNSUPPORTED,
-                    "stx_model_create: backend cuda: the CUDA model is not implemented yet "
-                    "(only the CPU backend runs models in this version)");
     }
     m->table = stx::build_param_table(m->dims);
     if ((s = check_fits("stx_model_create: parameters, gradients and Adam moments",
@@ -180,7 +177,11 @@ stx_status create_model(const stx_config &cfg, stx_model **out) {
     spec.table = m->table;
     if ((s = build_layer_layouts(m.get(), &spec.layer_layouts)) != STX_OK) return s;
     use_threads(m.get());
-    if ((s = stx::create_ref_backend(spec, &m->backend)) != STX_OK) return s;
+    if (m->cfg.backend == STX_BACKEND_CUDA)
+        s = stx::create_cuda_backend(spec, &m->backend);
+    else
+        s = stx::create_ref_backend(spec, &m->backend);
+    if (s != STX_OK) return stx::fail_context(s, "stx_model_create");
     stx_optim_config_init(&m->optim);
     *out = m.release();
     return STX_OK;
@@ -208,9 +209,11 @@ STX_API uint32_t stx_build_features(void) {
     return f;
 }
 
-// The CUDA model backend is the subject of its own issue; until it lands, "cuda" is refused
-// with a clear message and "auto" resolves to the CPU even where a GPU is present.
+#ifdef STX_HAVE_CUDA
+static const bool kCudaModelImplemented = true;
+#else
 static const bool kCudaModelImplemented = false;
+#endif
 
 STX_API int32_t stx_backend_available(stx_backend backend) {
     switch (backend) {
@@ -481,6 +484,17 @@ STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t coun
     stx_status st = check_model(model, "stx_model_set_dropout_counter");
     if (st != STX_OK) return st;
     model->dropout_step = counter;
+    return STX_OK;
+}
+
+STX_API stx_status stx_model_memory(const stx_model *model, int64_t *bytes_in_use,
+                                    int64_t *bytes_peak) {
+    stx_status st = check_model(model, "stx_model_memory");
+    if (st != STX_OK) return st;
+    int64_t in_use = 0, peak = 0;
+    model->backend->memory(&in_use, &peak);
+    if (bytes_in_use) *bytes_in_use = in_use;
+    if (bytes_peak) *bytes_peak = peak;
     return STX_OK;
 }
 

@@ -53,10 +53,15 @@ public:
     virtual stx_status tensor_write(TensorKind kind, int32_t index, stx_dtype dtype,
                                     const void *src) = 0;
     virtual void set_layer_layout(int32_t layer, std::shared_ptr<const Layout> layout) = 0;
+    // Bytes of backend memory held now and at most so far (host for ref/, device for cuda/).
+    virtual void memory(int64_t *in_use, int64_t *peak) const = 0;
 };
 
 // The CPU reference backend (ref/model.cpp), float or double per spec.cfg.precision.
 stx_status create_ref_backend(const ModelSpec &spec, std::unique_ptr<Backend> *out);
+
+// The CUDA backend (cuda/model.cu); STX_ERR_UNSUPPORTED in a build without CUDA.
+stx_status create_cuda_backend(const ModelSpec &spec, std::unique_ptr<Backend> *out);
 
 // CUDA devices visible (0 when CUDA is not compiled in or no driver); cuda/device.cu.
 int32_t cuda_device_count();

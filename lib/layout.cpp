@@ -6,6 +6,7 @@
 #include "layout.h"
 
 #include <algorithm>
+#include <atomic>
 
 #include "error.h"
 
@@ -104,6 +105,11 @@ AttnPass transposed_pass(const Layout &lay, const Component &c) {
     return p;
 }
 
+uint64_t next_layout_id() {
+    static std::atomic<uint64_t> counter{0};
+    return ++counter;
+}
+
 stx_status check_sizes(int32_t n_ctx, int32_t n_head, int32_t block_size) {
     if (n_ctx < 1 || n_ctx > (1 << 24))
         return fail(STX_ERR_INVALID_ARGUMENT, "n_ctx (%d) must be in [1, 16777216]", n_ctx);
@@ -152,6 +158,7 @@ stx_status build_layout(const LayerPattern &pattern, int32_t n_ctx, int32_t n_he
     if (st != STX_OK) return st;
     if (pattern.heads.empty()) return fail(STX_ERR_INVALID_ARGUMENT, "pattern has no heads");
     Layout lay;
+    lay.id = next_layout_id();
     lay.n_ctx = n_ctx;
     lay.n_head = n_head;
     lay.block_size = block_size;
@@ -193,6 +200,7 @@ stx_status build_layout_from_blocks(int32_t n_ctx, int32_t n_head, int32_t block
                                 h, i, j);
         }
     Layout lay;
+    lay.id = next_layout_id();
     lay.n_ctx = n_ctx;
     lay.n_head = n_head;
     lay.block_size = block_size;

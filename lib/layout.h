@@ -33,6 +33,7 @@ struct HeadLayout {
 };
 
 struct Layout {
+    uint64_t id = 0; // unique per built layout: a device copy is cached under it
     int32_t n_ctx = 0;
     int32_t n_head = 0;
     int32_t block_size = 0;

@@ -13,8 +13,9 @@
 // The Ops policy provides: Scalar; Buffer (owns Scalars: data(), size()) and Bytes (owns
 // bytes: data()); alloc(Buffer&, n) zero-filled; zero(Buffer&); upload_bytes(Bytes&, host, n);
 // copy_in(Scalar *dst, n, dtype, host src) and copy_out(src, n, dtype, host dst); mean(x, n)
-// and sum_squares(x, n) in double; and every op of ref/ops.h under the same name with the
-// same arguments (device pointers where the backend is a device).
+// and sum_squares(x, n) in double; status(); bytes_in_use() and bytes_peak(); and every op of
+// ref/ops.h under the same name with the same arguments (device pointers where the backend is a
+// device).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -151,6 +152,11 @@ public:
         spec_.layer_layouts[static_cast<size_t>(layer)] = std::move(layout);
     }
 
+    void memory(int64_t *in_use, int64_t *peak) const override {
+        *in_use = ops_.bytes_in_use();
+        *peak = ops_.bytes_peak();
+    }
+
 private:
     void ensure_moments() {
         if (m_.size() != 0) return;
@@ -274,8 +280,11 @@ private:
         ops_.zero(dh_);
         ops_.linear_backward(dh_.data(), grad(lp.q_w), grad(lp.q_b), dq_.data(), a.h1.data(),
                              param(lp.q_w), N, C, d_.QK);
-        ops_.linear_backward(dh_.data(), grad(lp.k_w), grad(lp.k_b), dk_.data(), a.h1.data(),
-                             param(lp.k_w), N, C, d_.QK);
+        // The key bias adds q.b_k to every score of a query and softmax ignores such a shift:
+        // its gradient is exactly zero, so none is accumulated (rounding noise there would
+        // otherwise be turned into +-lr steps by Adam, differently on every backend).
+        ops_.linear_backward(dh_.data(), grad(lp.k_w), static_cast<S *>(nullptr), dk_.data(),
+                             a.h1.data(), param(lp.k_w), N, C, d_.QK);
         ops_.linear_backward(dh_.data(), grad(lp.v_w), grad(lp.v_b), dv_.data(), a.h1.data(),
                              param(lp.v_w), N, C, C);
         ops_.layernorm_backward(dxo_.data(), grad(lp.ln1_g), grad(lp.ln1_b), dh_.data(), x,

@@ -16,7 +16,12 @@ template <typename S> struct RefOps {
     using Buffer = std::vector<S>;
     using Bytes = std::vector<uint8_t>;
 
-    void alloc(Buffer &b, size_t n) { b.assign(n, S(0)); }
+    void alloc(Buffer &b, size_t n) {
+        in_use_ += (static_cast<int64_t>(n) - static_cast<int64_t>(b.size())) *
+                   static_cast<int64_t>(sizeof(S));
+        if (in_use_ > peak_) peak_ = in_use_;
+        b.assign(n, S(0));
+    }
     void zero(Buffer &b) { std::fill(b.begin(), b.end(), S(0)); }
     void upload_bytes(Bytes &b, const uint8_t *src, size_t n) { b.assign(src, src + n); }
     void copy_in(S *dst, size_t n, stx_dtype dtype, const void *src) {
@@ -39,6 +44,8 @@ template <typename S> struct RefOps {
     }
     double sum_squares(const S *x, int64_t n) const { return ref::sum_squares(x, n); }
     stx_status status() const { return STX_OK; }
+    int64_t bytes_in_use() const { return in_use_; }
+    int64_t bytes_peak() const { return peak_; }
 
     template <typename... A> void embedding_forward(A... a) { ref::embedding_forward<S>(a...); }
     template <typename... A> void embedding_backward(A... a) { ref::embedding_backward<S>(a...); }
@@ -71,6 +78,8 @@ template <typename S> struct RefOps {
                                    scale);
     }
     template <typename... A> void adamw_update(A... a) { ref::adamw_update<S>(a...); }
+
+    int64_t in_use_ = 0, peak_ = 0; // the buffers' bytes (vectors the loop allocates)
 };
 
 } // namespace

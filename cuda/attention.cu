@@ -1,0 +1,515 @@
+// attention.cu: block-sparse attention on the GPU, forward and backward, over the same
+// layouts as the reference (lib/layout.h): per head one or more passes, each over slots in
+// natural or strided-transposed order with a CSR list of active key blocks per query block.
+//
+// This is the simple, correct kernel of the CUDA issue (the tensor-core kernels are the
+// performance issue's): FlashAttention-style, one thread per query row, key and value tiles
+// of one block in shared memory, an online softmax, the log-sum-exp saved for backward, the
+// T x T matrix never stored, the element mask evaluated with the reference's own predicate
+// (lib/pattern.h, lib/layout.h). Passes of a merged pattern are combined through their
+// log-sum-exp. Backward: D = rowsum(dO * O); dq query-centric over the CSR lists; dk and dv
+// key-centric over the transposed lists, so nothing is accumulated with atomics and every
+// run gives the same bits.
+#include <vector>
+
+#include "context.cuh"
+#include "layout.h"
+#include "pattern.h"
+
+namespace stx {
+namespace cuda {
+
+struct DevPass {
+    int32_t transposed, stride, n_qblocks, comp_begin, comp_end;
+    int64_t rows, n_slots;
+    int64_t row_ptr_off;  // this pass's n_qblocks + 1 entries of row_ptr
+    int64_t colT_ptr_off; // and of colT_ptr (query blocks reading each key block)
+};
+
+struct DevComp {
+    int32_t kind, l, c, g;
+};
+
+// Everything a kernel needs to walk a layout; passed by value.
+struct LayoutView {
+    const DevPass *passes;
+    const DevComp *comps;
+    const int64_t *row_ptr;
+    const int32_t *col_idx;
+    const int64_t *colT_ptr;
+    const int32_t *colT_idx;
+    const uint8_t *user;
+    const int32_t *head_pass_begin; // passes of head h: [begin[h], begin[h+1])
+    int32_t n_ctx, n_head, bs, user_nb;
+};
+
+struct DeviceLayout {
+    DeviceBuffer<DevPass> passes;
+    DeviceBuffer<DevComp> comps;
+    DeviceBuffer<int64_t> row_ptr, colT_ptr;
+    DeviceBuffer<int32_t> col_idx, colT_idx, head_pass_begin;
+    DeviceBuffer<uint8_t> user;
+    int32_t max_passes = 0;
+    int32_t max_qblocks = 0;
+    LayoutView view{};
+};
+
+namespace {
+
+template <typename T>
+bool upload(const std::shared_ptr<Context> &ctx, DeviceBuffer<T> &dst, const std::vector<T> &src) {
+    dst.allocate(ctx, src.size());
+    if (!ctx->ok()) return false;
+    if (src.empty()) return true;
+    return STX_CUDA_CHECK(ctx, cudaMemcpyAsync(dst.data(), src.data(), src.size() * sizeof(T),
+                                               cudaMemcpyHostToDevice, ctx->stream));
+}
+
+std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context> &ctx,
+                                                  const Layout &lay) {
+    std::vector<DevPass> passes;
+    std::vector<DevComp> comps;
+    std::vector<int64_t> row_ptr, colT_ptr;
+    std::vector<int32_t> col_idx, colT_idx, head_begin;
+    auto dl = std::make_shared<DeviceLayout>();
+    for (const HeadLayout &hl : lay.heads) {
+        head_begin.push_back(static_cast<int32_t>(passes.size()));
+        dl->max_passes = std::max(dl->max_passes, static_cast<int32_t>(hl.passes.size()));
+        for (const AttnPass &ap : hl.passes) {
+            DevPass p{};
+            p.transposed = ap.transposed ? 1 : 0;
+            p.stride = ap.stride;
+            p.n_qblocks = ap.n_qblocks;
+            p.rows = ap.rows;
+            p.n_slots = ap.n_slots;
+            p.comp_begin = static_cast<int32_t>(comps.size());
+            for (const Component &c : ap.include)
+                comps.push_back({static_cast<int32_t>(c.kind), c.l, c.c, c.g});
+            p.comp_end = static_cast<int32_t>(comps.size());
+            p.row_ptr_off = static_cast<int64_t>(row_ptr.size());
+            const int64_t base = static_cast<int64_t>(col_idx.size());
+            for (int64_t r : ap.row_ptr) row_ptr.push_back(base + r);
+            col_idx.insert(col_idx.end(), ap.col_idx.begin(), ap.col_idx.end());
+            // The transposed lists: for each key block, the query blocks that read it.
+            std::vector<std::vector<int32_t>> readers(static_cast<size_t>(ap.n_qblocks));
+            for (int32_t i = 0; i < ap.n_qblocks; ++i)
+                for (int64_t e = ap.row_ptr[i]; e < ap.row_ptr[i + 1]; ++e)
+                    readers[static_cast<size_t>(ap.col_idx[static_cast<size_t>(e)])].push_back(i);
+            p.colT_ptr_off = static_cast<int64_t>(colT_ptr.size());
+            for (const std::vector<int32_t> &r : readers) {
+                colT_ptr.push_back(static_cast<int64_t>(colT_idx.size()));
+                colT_idx.insert(colT_idx.end(), r.begin(), r.end());
+            }
+            colT_ptr.push_back(static_cast<int64_t>(colT_idx.size()));
+            dl->max_qblocks = std::max(dl->max_qblocks, ap.n_qblocks);
+            passes.push_back(p);
+        }
+    }
+    head_begin.push_back(static_cast<int32_t>(passes.size()));
+    if (!upload(ctx, dl->passes, passes) || !upload(ctx, dl->comps, comps) ||
+        !upload(ctx, dl->row_ptr, row_ptr) || !upload(ctx, dl->col_idx, col_idx) ||
+        !upload(ctx, dl->colT_ptr, colT_ptr) || !upload(ctx, dl->colT_idx, colT_idx) ||
+        !upload(ctx, dl->head_pass_begin, head_begin) || !upload(ctx, dl->user, lay.user_blocks))
+        return nullptr;
+    if (!STX_CUDA_CHECK(ctx, cudaStreamSynchronize(ctx->stream))) return nullptr; // host vectors
+    LayoutView &v = dl->view;
+    v.passes = dl->passes.data();
+    v.comps = dl->comps.data();
+    v.row_ptr = dl->row_ptr.data();
+    v.col_idx = dl->col_idx.data();
+    v.colT_ptr = dl->colT_ptr.data();
+    v.colT_idx = dl->colT_idx.data();
+    v.user = dl->user.data();
+    v.head_pass_begin = dl->head_pass_begin.data();
+    v.n_ctx = lay.n_ctx;
+    v.n_head = lay.n_head;
+    v.bs = lay.block_size;
+    v.user_nb = lay.user_nb;
+    return dl;
+}
+
+const DeviceLayout *device_layout(const std::shared_ptr<Context> &ctx, const Layout &lay) {
+    auto it = ctx->layouts.find(lay.id);
+    if (it != ctx->layouts.end()) return it->second.get();
+    std::shared_ptr<DeviceLayout> dl = build_device_layout(ctx, lay);
+    if (!dl) return nullptr;
+    ctx->layouts[lay.id] = dl;
+    return dl.get();
+}
+
+__device__ __forceinline__ bool comp_ok(const LayoutView &L, const DevComp &c, int32_t h, int64_t q,
+                                        int64_t k) {
+    if (c.kind == static_cast<int32_t>(CompKind::User))
+        return L.user[(static_cast<int64_t>(h) * L.user_nb + q / L.bs) * L.user_nb + k / L.bs] != 0;
+    return component_allows_raw(static_cast<CompKind>(c.kind), c.l, c.c, c.g, h, q, k);
+}
+
+// Layout::pass_allows on the device: in pass pg, and in no earlier pass of the head.
+__device__ bool pass_ok(const LayoutView &L, int32_t h, int32_t p0, int32_t pg, int64_t q,
+                        int64_t k) {
+    bool in = false;
+    for (int32_t c = L.passes[pg].comp_begin; c < L.passes[pg].comp_end && !in; ++c)
+        in = comp_ok(L, L.comps[c], h, q, k);
+    if (!in) return false;
+    for (int32_t p = p0; p < pg; ++p)
+        for (int32_t c = L.passes[p].comp_begin; c < L.passes[p].comp_end; ++c)
+            if (comp_ok(L, L.comps[c], h, q, k)) return false;
+    return true;
+}
+
+__device__ __forceinline__ int64_t slot_pos(const LayoutView &L, const DevPass &P, int64_t slot,
+                                            int32_t T) {
+    if (slot >= P.n_slots) return -1;
+    const int64_t pos = slot_position_raw(P.transposed != 0, P.stride, P.rows, L.n_ctx, slot);
+    return pos < T ? pos : -1;
+}
+
+template <bool BF16> __device__ __forceinline__ float operand(float x) {
+    return BF16 ? round_bf16(x) : x;
+}
+
+// Rows of one block (query or key) cooperatively into shared memory: tile[r * D + d] = the
+// row at position pos[r] (zeros for padded rows).
+template <int D, bool BF16>
+__device__ void load_tile(float *tile, const int64_t *pos, const float *src, int32_t b, int32_t h,
+                          int32_t T, int32_t H, int32_t bs) {
+    for (int32_t i = threadIdx.x; i < bs * D; i += blockDim.x) {
+        const int32_t r = i / D, d = i % D;
+        const int64_t p = pos[r];
+        tile[i] =
+            p >= 0 ? operand<BF16>(src[((static_cast<int64_t>(b) * T + p) * H + h) * D + d]) : 0.0f;
+    }
+}
+
+// Which pass, if any, this block computes: returns false (for the whole block) if none.
+__device__ __forceinline__ bool block_pass(const LayoutView &L, int32_t local_pass, int32_t *p0,
+                                           int32_t *pg) {
+    const int32_t h = blockIdx.y;
+    *p0 = L.head_pass_begin[h];
+    *pg = *p0 + local_pass;
+    if (*pg >= L.head_pass_begin[h + 1]) return false;
+    return static_cast<int32_t>(blockIdx.x) < L.passes[*pg].n_qblocks;
+}
+
+template <int DQ, int DV, bool BF16>
+__global__ void attn_forward_kernel(LayoutView L, int32_t local_pass, const float *q,
+                                    const float *k, const float *v, float *out, float *lse,
+                                    int32_t T, float scale) {
+    int32_t p0, pg;
+    if (!block_pass(L, local_pass, &p0, &pg)) return;
+    const int32_t h = blockIdx.y, b = blockIdx.z, H = L.n_head, bs = L.bs, qb = blockIdx.x;
+    const DevPass P = L.passes[pg];
+    extern __shared__ float smem[];
+    float *ks = smem, *vs = ks + bs * DQ;
+    int64_t *kp = reinterpret_cast<int64_t *>(vs + bs * DV);
+    const int64_t qpos = slot_pos(L, P, static_cast<int64_t>(qb) * bs + threadIdx.x, T);
+    float qr[DQ], o[DV];
+    for (int d = 0; d < DQ; ++d)
+        qr[d] = qpos >= 0
+                    ? operand<BF16>(q[((static_cast<int64_t>(b) * T + qpos) * H + h) * DQ + d])
+                    : 0.0f;
+    for (int d = 0; d < DV; ++d) o[d] = 0.0f;
+    float m = -INFINITY, l = 0.0f;
+    for (int64_t e = L.row_ptr[P.row_ptr_off + qb]; e < L.row_ptr[P.row_ptr_off + qb + 1]; ++e) {
+        const int32_t j = L.col_idx[e];
+        __syncthreads(); // the previous tile is consumed
+        kp[threadIdx.x] = slot_pos(L, P, static_cast<int64_t>(j) * bs + threadIdx.x, T);
+        __syncthreads();
+        load_tile<DQ, BF16>(ks, kp, k, b, h, T, H, bs);
+        load_tile<DV, BF16>(vs, kp, v, b, h, T, H, bs);
+        __syncthreads();
+        if (qpos < 0) continue;
+        for (int32_t kk = 0; kk < bs; ++kk) {
+            const int64_t kpos = kp[kk];
+            if (kpos < 0 || kpos > qpos || !pass_ok(L, h, p0, pg, qpos, kpos)) continue;
+            float s = 0.0f;
+            for (int d = 0; d < DQ; ++d) s += qr[d] * ks[kk * DQ + d];
+            s *= scale;
+            if (s > m) {
+                const float corr = expf(m - s);
+                l *= corr;
+                for (int d = 0; d < DV; ++d) o[d] *= corr;
+                m = s;
+            }
+            const float w = expf(s - m);
+            l += w;
+            for (int d = 0; d < DV; ++d) o[d] += w * vs[kk * DV + d];
+        }
+    }
+    if (qpos < 0) return;
+    const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+    float *dst = out + ((static_cast<int64_t>(b) * T + qpos) * H + h) * DV;
+    for (int d = 0; d < DV; ++d) dst[d] = o[d] * inv;
+    lse[(static_cast<int64_t>(b) * H + h) * T + qpos] = l > 0.0f ? m + logf(l) : -INFINITY;
+}
+
+// Merges the passes of each row: lse = log sum exp(lse_p), out = sum exp(lse_p - lse) o_p.
+__global__ void attn_combine_kernel(LayoutView L, const float *o_parts, const float *lse_parts,
+                                    float *out, float *lse, int32_t B, int32_t T, int32_t Dv) {
+    const int64_t n = static_cast<int64_t>(B) * T * L.n_head;
+    const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (idx >= n) return;
+    const int32_t H = L.n_head, h = static_cast<int32_t>(idx % H);
+    const int64_t bt = idx / H, t = bt % T, b = bt / T;
+    const int32_t np = L.head_pass_begin[h + 1] - L.head_pass_begin[h];
+    const int64_t lse_at = (b * H + h) * T + t, part_lse = static_cast<int64_t>(B) * H * T;
+    const int64_t o_at = idx * Dv, part_o = n * Dv;
+    float m = -INFINITY;
+    for (int32_t p = 0; p < np; ++p) m = fmaxf(m, lse_parts[p * part_lse + lse_at]);
+    float s = 0.0f;
+    for (int32_t p = 0; p < np; ++p) s += expf(lse_parts[p * part_lse + lse_at] - m);
+    const float total = m + logf(s);
+    lse[lse_at] = total;
+    for (int32_t d = 0; d < Dv; ++d) {
+        float acc = 0.0f;
+        for (int32_t p = 0; p < np; ++p) {
+            const float w = expf(lse_parts[p * part_lse + lse_at] - total);
+            if (w > 0.0f) acc += w * o_parts[p * part_o + o_at + d];
+        }
+        out[o_at + d] = acc;
+    }
+}
+
+// D[b, h, t] = sum_d dout * out.
+__global__ void attn_delta_kernel(float *delta, const float *dout, const float *out, int32_t B,
+                                  int32_t T, int32_t H, int32_t Dv) {
+    const int64_t n = static_cast<int64_t>(B) * T * H;
+    const int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (idx >= n) return;
+    const int32_t h = static_cast<int32_t>(idx % H);
+    const int64_t bt = idx / H, t = bt % T, b = bt / T;
+    float s = 0.0f;
+    for (int32_t d = 0; d < Dv; ++d) s += dout[idx * Dv + d] * out[idx * Dv + d];
+    delta[(b * H + h) * T + t] = s;
+}
+
+template <int DQ, int DV, bool BF16>
+__global__ void attn_backward_dq_kernel(LayoutView L, int32_t local_pass, const float *q,
+                                        const float *k, const float *v, const float *dout,
+                                        const float *lse, const float *delta, float *dq, int32_t T,
+                                        float scale) {
+    int32_t p0, pg;
+    if (!block_pass(L, local_pass, &p0, &pg)) return;
+    const int32_t h = blockIdx.y, b = blockIdx.z, H = L.n_head, bs = L.bs, qb = blockIdx.x;
+    const DevPass P = L.passes[pg];
+    extern __shared__ float smem[];
+    float *ks = smem, *vs = ks + bs * DQ;
+    int64_t *kp = reinterpret_cast<int64_t *>(vs + bs * DV);
+    const int64_t qpos = slot_pos(L, P, static_cast<int64_t>(qb) * bs + threadIdx.x, T);
+    float qr[DQ], dor[DV], acc[DQ];
+    float lse_q = 0.0f, d_q = 0.0f;
+    const int64_t row = qpos >= 0 ? (static_cast<int64_t>(b) * T + qpos) * H + h : 0;
+    for (int d = 0; d < DQ; ++d) {
+        qr[d] = qpos >= 0 ? operand<BF16>(q[row * DQ + d]) : 0.0f;
+        acc[d] = 0.0f;
+    }
+    for (int d = 0; d < DV; ++d) dor[d] = qpos >= 0 ? operand<BF16>(dout[row * DV + d]) : 0.0f;
+    if (qpos >= 0) {
+        lse_q = lse[(static_cast<int64_t>(b) * H + h) * T + qpos];
+        d_q = delta[(static_cast<int64_t>(b) * H + h) * T + qpos];
+    }
+    for (int64_t e = L.row_ptr[P.row_ptr_off + qb]; e < L.row_ptr[P.row_ptr_off + qb + 1]; ++e) {
+        const int32_t j = L.col_idx[e];
+        __syncthreads();
+        kp[threadIdx.x] = slot_pos(L, P, static_cast<int64_t>(j) * bs + threadIdx.x, T);
+        __syncthreads();
+        load_tile<DQ, BF16>(ks, kp, k, b, h, T, H, bs);
+        load_tile<DV, BF16>(vs, kp, v, b, h, T, H, bs);
+        __syncthreads();
+        if (qpos < 0) continue;
+        for (int32_t kk = 0; kk < bs; ++kk) {
+            const int64_t kpos = kp[kk];
+            if (kpos < 0 || kpos > qpos || !pass_ok(L, h, p0, pg, qpos, kpos)) continue;
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < DQ; ++d) s += qr[d] * ks[kk * DQ + d];
+            for (int d = 0; d < DV; ++d) dp += dor[d] * vs[kk * DV + d];
+            const float pr = expf(s * scale - lse_q);
+            const float ds = pr * (dp - d_q);
+            for (int d = 0; d < DQ; ++d) acc[d] += ds * ks[kk * DQ + d];
+        }
+    }
+    if (qpos < 0) return;
+    for (int d = 0; d < DQ; ++d) dq[row * DQ + d] += scale * acc[d];
+}
+
+template <int DQ, int DV, bool BF16>
+__global__ void attn_backward_dkdv_kernel(LayoutView L, int32_t local_pass, const float *q,
+                                          const float *k, const float *v, const float *dout,
+                                          const float *lse, const float *delta, float *dk,
+                                          float *dv, int32_t T, float scale) {
+    int32_t p0, pg;
+    if (!block_pass(L, local_pass, &p0, &pg)) return;
+    const int32_t h = blockIdx.y, b = blockIdx.z, H = L.n_head, bs = L.bs, kb = blockIdx.x;
+    const DevPass P = L.passes[pg];
+    extern __shared__ float smem[];
+    float *qs = smem, *dos = qs + bs * DQ;
+    int64_t *qp = reinterpret_cast<int64_t *>(dos + bs * DV);
+    float *lse_s = reinterpret_cast<float *>(qp + bs), *delta_s = lse_s + bs;
+    const int64_t kpos = slot_pos(L, P, static_cast<int64_t>(kb) * bs + threadIdx.x, T);
+    const int64_t row = kpos >= 0 ? (static_cast<int64_t>(b) * T + kpos) * H + h : 0;
+    float kr[DQ], vr[DV], dk_acc[DQ], dv_acc[DV];
+    for (int d = 0; d < DQ; ++d) {
+        kr[d] = kpos >= 0 ? operand<BF16>(k[row * DQ + d]) : 0.0f;
+        dk_acc[d] = 0.0f;
+    }
+    for (int d = 0; d < DV; ++d) {
+        vr[d] = kpos >= 0 ? operand<BF16>(v[row * DV + d]) : 0.0f;
+        dv_acc[d] = 0.0f;
+    }
+    for (int64_t e = L.colT_ptr[P.colT_ptr_off + kb]; e < L.colT_ptr[P.colT_ptr_off + kb + 1];
+         ++e) {
+        const int32_t i = L.colT_idx[e];
+        __syncthreads();
+        const int64_t mypos = slot_pos(L, P, static_cast<int64_t>(i) * bs + threadIdx.x, T);
+        qp[threadIdx.x] = mypos;
+        const int64_t stat = (static_cast<int64_t>(b) * H + h) * T + (mypos >= 0 ? mypos : 0);
+        lse_s[threadIdx.x] = mypos >= 0 ? lse[stat] : 0.0f;
+        delta_s[threadIdx.x] = mypos >= 0 ? delta[stat] : 0.0f;
+        __syncthreads();
+        load_tile<DQ, BF16>(qs, qp, q, b, h, T, H, bs);
+        load_tile<DV, BF16>(dos, qp, dout, b, h, T, H, bs);
+        __syncthreads();
+        if (kpos < 0) continue;
+        for (int32_t qq = 0; qq < bs; ++qq) {
+            const int64_t qpos = qp[qq];
+            if (qpos < 0 || kpos > qpos || !pass_ok(L, h, p0, pg, qpos, kpos)) continue;
+            float s = 0.0f, dp = 0.0f;
+            for (int d = 0; d < DQ; ++d) s += qs[qq * DQ + d] * kr[d];
+            for (int d = 0; d < DV; ++d) dp += dos[qq * DV + d] * vr[d];
+            const float pr = expf(s * scale - lse_s[qq]);
+            const float ds = pr * (dp - delta_s[qq]);
+            for (int d = 0; d < DV; ++d) dv_acc[d] += pr * dos[qq * DV + d];
+            for (int d = 0; d < DQ; ++d) dk_acc[d] += ds * qs[qq * DQ + d];
+        }
+    }
+    if (kpos < 0) return;
+    for (int d = 0; d < DQ; ++d) dk[row * DQ + d] += scale * dk_acc[d];
+    for (int d = 0; d < DV; ++d) dv[row * DV + d] += dv_acc[d];
+}
+
+size_t tile_smem(int32_t bs, int DQ, int DV) {
+    return static_cast<size_t>(bs) *
+           ((DQ + DV) * sizeof(float) + sizeof(int64_t) + 2 * sizeof(float));
+}
+
+template <typename K> bool allow_smem(const std::shared_ptr<Context> &ctx, K kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return true;
+    return STX_CUDA_CHECK(ctx,
+                          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(bytes)));
+}
+
+template <int DQ, int DV, bool BF16> struct Kernels {
+    static void forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                        const float *q, const float *k, const float *v, float *out, float *lse,
+                        int32_t B, int32_t T, float scale) {
+        const LayoutView &L = dl.view;
+        const size_t smem = tile_smem(L.bs, DQ, DV);
+        auto kernel = attn_forward_kernel<DQ, DV, BF16>;
+        if (!allow_smem(ctx, kernel, smem)) return;
+        dim3 grid(static_cast<unsigned>(dl.max_qblocks), static_cast<unsigned>(L.n_head),
+                  static_cast<unsigned>(B));
+        kernel<<<grid, L.bs, smem, ctx->stream>>>(L, pass, q, k, v, out, lse, T, scale);
+        STX_LAUNCH_CHECK(ctx, "attn_forward_kernel");
+    }
+    static void backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                         const float *q, const float *k, const float *v, const float *dout,
+                         const float *lse, const float *delta, float *dq, float *dk, float *dv,
+                         int32_t B, int32_t T, float scale) {
+        const LayoutView &L = dl.view;
+        const size_t smem = tile_smem(L.bs, DQ, DV);
+        auto kq = attn_backward_dq_kernel<DQ, DV, BF16>;
+        auto kkv = attn_backward_dkdv_kernel<DQ, DV, BF16>;
+        if (!allow_smem(ctx, kq, smem) || !allow_smem(ctx, kkv, smem)) return;
+        dim3 grid(static_cast<unsigned>(dl.max_qblocks), static_cast<unsigned>(L.n_head),
+                  static_cast<unsigned>(B));
+        kq<<<grid, L.bs, smem, ctx->stream>>>(L, pass, q, k, v, dout, lse, delta, dq, T, scale);
+        kkv<<<grid, L.bs, smem, ctx->stream>>>(L, pass, q, k, v, dout, lse, delta, dk, dv, T,
+                                               scale);
+        STX_LAUNCH_CHECK(ctx, "attn_backward kernels");
+    }
+};
+
+// Calls F::template run<DQ, DV, BF16>() for the compiled head dims.
+template <typename F> void dispatch(int32_t Dq, int32_t Dv, bool bf16, F &&f) {
+#define STX_ATTN_CASE(DQ, DV)                                                                      \
+    if (Dq == DQ && Dv == DV) {                                                                    \
+        if (bf16)                                                                                  \
+            f(Kernels<DQ, DV, true>());                                                            \
+        else                                                                                       \
+            f(Kernels<DQ, DV, false>());                                                           \
+        return;                                                                                    \
+    }
+    STX_ATTN_CASE(32, 32)
+    STX_ATTN_CASE(64, 64)
+    STX_ATTN_CASE(128, 128)
+    STX_ATTN_CASE(32, 64)
+    STX_ATTN_CASE(64, 128)
+#undef STX_ATTN_CASE
+}
+
+} // namespace
+
+void CudaOps::attention_forward(float *out, float *lse, const float *q, const float *k,
+                                const float *v, const Layout &layout, int32_t B, int32_t T,
+                                int32_t Dq, int32_t Dv, double scale) {
+    if (!ctx_->ok()) return;
+    if (!attention_dims_supported(Dq, Dv)) {
+        ctx_->err = fail(STX_ERR_UNSUPPORTED,
+                         "CUDA attention: head dims Dq %d, Dv %d are not compiled (Dq 32, 64 or "
+                         "128; Dv = Dq or 2 Dq up to 128)",
+                         Dq, Dv);
+        return;
+    }
+    const DeviceLayout *dl = device_layout(ctx_, layout);
+    if (!dl) return;
+    const float sc = static_cast<float>(scale);
+    const int32_t H = layout.n_head;
+    if (dl->max_passes == 1) {
+        dispatch(Dq, Dv, ctx_->bf16,
+                 [&](auto kern) { kern.forward(ctx_, *dl, 0, q, k, v, out, lse, B, T, sc); });
+        return;
+    }
+    const size_t n_o = static_cast<size_t>(B) * T * H * Dv, n_l = static_cast<size_t>(B) * H * T;
+    if (!ctx_->reserve(ctx_->scratch, dl->max_passes * (n_o + n_l), ctx_)) return;
+    float *o_parts = ctx_->scratch.data(), *lse_parts = o_parts + dl->max_passes * n_o;
+    for (int32_t p = 0; p < dl->max_passes; ++p)
+        dispatch(Dq, Dv, ctx_->bf16, [&](auto kern) {
+            kern.forward(ctx_, *dl, p, q, k, v, o_parts + p * n_o, lse_parts + p * n_l, B, T, sc);
+        });
+    const int64_t rows = static_cast<int64_t>(B) * T * H;
+    attn_combine_kernel<<<blocks_for(rows, 128), 128, 0, ctx_->stream>>>(
+        dl->view, o_parts, lse_parts, out, lse, B, T, Dv);
+    STX_LAUNCH_CHECK(ctx_, "attn_combine_kernel");
+}
+
+void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *dout, const float *q,
+                                 const float *k, const float *v, const float *out, const float *lse,
+                                 const Layout &layout, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
+                                 double scale) {
+    if (!ctx_->ok()) return;
+    if (!attention_dims_supported(Dq, Dv)) {
+        ctx_->err = fail(STX_ERR_UNSUPPORTED,
+                         "CUDA attention: head dims Dq %d, Dv %d are not "
+                         "compiled",
+                         Dq, Dv);
+        return;
+    }
+    const DeviceLayout *dl = device_layout(ctx_, layout);
+    if (!dl) return;
+    const int32_t H = layout.n_head;
+    const size_t n_l = static_cast<size_t>(B) * H * T;
+    if (!ctx_->reserve(ctx_->scratch, n_l, ctx_)) return;
+    float *delta = ctx_->scratch.data();
+    attn_delta_kernel<<<blocks_for(static_cast<int64_t>(n_l), 128), 128, 0, ctx_->stream>>>(
+        delta, dout, out, B, T, H, Dv);
+    if (!STX_LAUNCH_CHECK(ctx_, "attn_delta_kernel")) return;
+    const float sc = static_cast<float>(scale);
+    for (int32_t p = 0; p < dl->max_passes; ++p)
+        dispatch(Dq, Dv, ctx_->bf16, [&](auto kern) {
+            kern.backward(ctx_, *dl, p, q, k, v, dout, lse, delta, dq, dk, dv, B, T, sc);
+        });
+}
+
+} // namespace cuda
+} // namespace stx

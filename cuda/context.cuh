@@ -1,0 +1,76 @@
+// context.cuh: what every CUDA op file shares: the context (device, stream, cuBLAS handle,
+// the first error, byte counts, cached device layouts, scratch), the checks that turn CUDA
+// and cuBLAS failures into a recorded status with the failing statement, file and line
+// (never an abort), and launch helpers.
+#pragma once
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+
+#include <map>
+#include <memory>
+
+#include "cuda_ops.h"
+#include "error.h"
+
+namespace stx {
+namespace cuda {
+
+struct DeviceLayout; // attention.cu: a Layout's CSR lists and predicates on the device
+
+struct Context {
+    int32_t device = 0;
+    bool bf16 = false;
+    cudaStream_t stream = nullptr;
+    cublasHandle_t cublas = nullptr;
+    stx_status err = STX_OK;
+    int64_t in_use = 0, peak = 0;
+    std::map<uint64_t, std::shared_ptr<DeviceLayout>> layouts; // by Layout::id
+    DeviceBuffer<float> scratch;                               // attention passes, partial sums
+    DeviceBuffer<uint8_t> cast_scratch;                        // bf16 copies of matrix operands
+    DeviceBuffer<double> reduce_scratch;
+
+    ~Context();
+    bool ok() const { return err == STX_OK; }
+    // Records the first failure; returns whether the call succeeded.
+    bool check(cudaError_t e, const char *what, const char *file, int line);
+    bool check_blas(cublasStatus_t s, const char *what, const char *file, int line);
+    // Grows a scratch buffer to at least n elements; false if that failed.
+    template <typename T>
+    bool reserve(DeviceBuffer<T> &b, size_t n, const std::shared_ptr<Context> &self) {
+        if (b.size() >= n) return true;
+        b.allocate(self, n);
+        return b.size() >= n;
+    }
+};
+
+#define STX_CUDA_CHECK(ctx, call)   (ctx)->check((call), #call, __FILE__, __LINE__)
+#define STX_BLAS_CHECK(ctx, call)   (ctx)->check_blas((call), #call, __FILE__, __LINE__)
+#define STX_LAUNCH_CHECK(ctx, what) (ctx)->check(cudaGetLastError(), (what), __FILE__, __LINE__)
+
+inline unsigned blocks_for(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return static_cast<unsigned>(b < 65535 * 32 ? (b < 1 ? 1 : b) : 65535 * 32);
+}
+
+// Rounds to bf16 and back: the value a bf16 operand carries.
+__device__ __forceinline__ float round_bf16(float x) {
+    return __bfloat162float(__float2bfloat16(x));
+}
+
+// Sums a warp's values; every lane gets the total.
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// Deterministic column sums: out[c] += sum_n x[n, c] (N rows of C), in a fixed order.
+void column_sum_add(Context *ctx, const std::shared_ptr<Context> &self, float *out, const float *x,
+                    int64_t N, int32_t C);
+
+} // namespace cuda
+} // namespace stx

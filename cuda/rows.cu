@@ -1,0 +1,277 @@
+// rows.cu: the row-wise ops: LayerNorm, embedding and softmax cross-entropy, forward and
+// backward, plus the deterministic column sums their parameter gradients need (partial sums
+// over fixed row chunks, then the chunks in order: no atomics, the same bits every run).
+#include "context.cuh"
+
+namespace stx {
+namespace cuda {
+namespace {
+
+const int kRowsPerBlock = 8; // one warp per row, 8 warps a block
+
+__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
+                                         const float *g, const float *b, int64_t N, int32_t C,
+                                         float eps) {
+    const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
+    if (row >= N) return;
+    const float *x = inp + row * C;
+    float sum = 0.0f;
+    for (int32_t c = threadIdx.x; c < C; c += 32) sum += x[c];
+    const float mu = warp_sum(sum) / static_cast<float>(C);
+    float sq = 0.0f;
+    for (int32_t c = threadIdx.x; c < C; c += 32) sq += (x[c] - mu) * (x[c] - mu);
+    const float var = warp_sum(sq) / static_cast<float>(C);
+    const float rs = 1.0f / sqrtf(var + eps);
+    float *y = out + row * C;
+    for (int32_t c = threadIdx.x; c < C; c += 32) y[c] = (x[c] - mu) * rs * g[c] + b[c];
+    if (threadIdx.x == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+__global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
+                                                const float *g, const float *mean,
+                                                const float *rstd, int64_t N, int32_t C) {
+    const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
+    if (row >= N) return;
+    const float *x = inp + row * C, *dy = dout + row * C;
+    const float mu = mean[row], rs = rstd[row];
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int32_t c = threadIdx.x; c < C; c += 32) {
+        const float xhat = (x[c] - mu) * rs, dxhat = dy[c] * g[c];
+        s1 += dxhat;
+        s2 += dxhat * xhat;
+    }
+    const float mean_dxhat = warp_sum(s1) / static_cast<float>(C);
+    const float mean_dxhat_xhat = warp_sum(s2) / static_cast<float>(C);
+    float *dx = dinp + row * C;
+    for (int32_t c = threadIdx.x; c < C; c += 32) {
+        const float xhat = (x[c] - mu) * rs, dxhat = dy[c] * g[c];
+        dx[c] += rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+    }
+}
+
+// partial[k][c] over rows [k * chunk, (k+1) * chunk): sums of dout*xhat (g) and dout (b);
+// with inp == nullptr only the plain column sums of x (= dout) into partial_b.
+__global__ void column_partial_kernel(float *partial_g, float *partial_b, const float *dout,
+                                      const float *inp, const float *mean, const float *rstd,
+                                      int64_t N, int32_t C, int64_t chunk) {
+    const int32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const int64_t k = blockIdx.y, begin = k * chunk;
+    const int64_t end = begin + chunk < N ? begin + chunk : N;
+    float sg = 0.0f, sb = 0.0f;
+    for (int64_t n = begin; n < end; ++n) {
+        const float d = dout[n * C + c];
+        sb += d;
+        if (inp) sg += d * ((inp[n * C + c] - mean[n]) * rstd[n]);
+    }
+    partial_b[k * C + c] = sb;
+    if (inp) partial_g[k * C + c] = sg;
+}
+
+__global__ void column_final_kernel(float *out, const float *partial, int32_t chunks, int32_t C) {
+    const int32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float s = 0.0f;
+    for (int32_t k = 0; k < chunks; ++k) s += partial[static_cast<int64_t>(k) * C + c];
+    out[c] += s;
+}
+
+struct PosTables {
+    const float *table[STX_MAX_POS_AXES];
+    int32_t shape[STX_MAX_POS_AXES];
+    int32_t n_axes;
+};
+struct PosGrads {
+    float *table[STX_MAX_POS_AXES];
+    int32_t shape[STX_MAX_POS_AXES];
+    int32_t n_axes;
+};
+
+// Row-major coordinate of position p along axis a of the shape.
+__device__ __forceinline__ int64_t axis_coord(int64_t p, const int32_t *shape, int32_t n_axes,
+                                              int32_t a) {
+    int64_t stride = 1;
+    for (int32_t i = n_axes - 1; i > a; --i) stride *= shape[i];
+    return (p / stride) % shape[a];
+}
+
+__global__ void embedding_forward_kernel(float *out, const uint8_t *tokens, const float *tok,
+                                         const float *start, PosTables pos, int32_t B, int32_t T,
+                                         int32_t C) {
+    const int64_t n = static_cast<int64_t>(B) * T * C;
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const int32_t c = static_cast<int32_t>(i % C);
+        const int64_t row = i / C, t = row % T;
+        if (t == 0) {
+            out[i] = start[c];
+            continue;
+        }
+        float v = tok[static_cast<int64_t>(tokens[row - 1]) * C + c];
+        for (int32_t a = 0; a < pos.n_axes; ++a)
+            v += pos.table[a][axis_coord(t - 1, pos.shape, pos.n_axes, a) * C + c];
+        out[i] = v;
+    }
+}
+
+// One thread per channel walks every row in order: deterministic without atomics.
+__global__ void embedding_backward_kernel(float *dtok, float *dstart, PosGrads dpos,
+                                          const float *dout, const uint8_t *tokens, int32_t B,
+                                          int32_t T, int32_t C) {
+    const int32_t c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    for (int32_t b = 0; b < B; ++b)
+        for (int32_t t = 0; t < T; ++t) {
+            const int64_t row = static_cast<int64_t>(b) * T + t;
+            const float d = dout[row * C + c];
+            if (t == 0) {
+                dstart[c] += d;
+                continue;
+            }
+            dtok[static_cast<int64_t>(tokens[row - 1]) * C + c] += d;
+            for (int32_t a = 0; a < dpos.n_axes; ++a)
+                dpos.table[a][axis_coord(t - 1, dpos.shape, dpos.n_axes, a) * C + c] += d;
+        }
+}
+
+// One warp per row of V logits.
+__global__ void crossentropy_forward_kernel(float *losses, const float *logits,
+                                            const uint8_t *targets, int64_t N, int32_t V) {
+    const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
+    if (row >= N) return;
+    const float *z = logits + row * V;
+    float m = -INFINITY;
+    for (int32_t v = threadIdx.x; v < V; v += 32) m = fmaxf(m, z[v]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int32_t v = threadIdx.x; v < V; v += 32) s += expf(z[v] - m);
+    s = warp_sum(s);
+    if (threadIdx.x == 0) losses[row] = m + logf(s) - z[targets[row]];
+}
+
+__global__ void crossentropy_backward_kernel(float *dlogits, const float *logits,
+                                             const uint8_t *targets, float scale, int64_t N,
+                                             int32_t V) {
+    const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
+    if (row >= N) return;
+    const float *z = logits + row * V;
+    float m = -INFINITY;
+    for (int32_t v = threadIdx.x; v < V; v += 32) m = fmaxf(m, z[v]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int32_t v = threadIdx.x; v < V; v += 32) s += expf(z[v] - m);
+    s = warp_sum(s);
+    const float lse = m + logf(s);
+    const int32_t target = targets[row];
+    for (int32_t v = threadIdx.x; v < V; v += 32)
+        dlogits[row * V + v] += scale * (expf(z[v] - lse) - (v == target ? 1.0f : 0.0f));
+}
+
+unsigned row_blocks(int64_t N) {
+    return static_cast<unsigned>((N + kRowsPerBlock - 1) / kRowsPerBlock);
+}
+
+// Column sums in chunks of rows: (partial buffers, chunk count, rows per chunk).
+bool column_chunks(Context *ctx, const std::shared_ptr<Context> &self, int64_t N, int32_t C,
+                   int32_t *chunks, int64_t *chunk) {
+    *chunk = N < 128 ? 1 : (N + 127) / 128;
+    *chunks = static_cast<int32_t>((N + *chunk - 1) / *chunk);
+    return ctx->reserve(ctx->scratch, 2 * static_cast<size_t>(*chunks) * C, self);
+}
+
+} // namespace
+
+void column_sum_add(Context *ctx, const std::shared_ptr<Context> &self, float *out, const float *x,
+                    int64_t N, int32_t C) {
+    if (!ctx->ok() || N == 0) return;
+    int32_t chunks = 0;
+    int64_t chunk = 0;
+    if (!column_chunks(ctx, self, N, C, &chunks, &chunk)) return;
+    float *partial = ctx->scratch.data();
+    dim3 grid((C + 127) / 128, static_cast<unsigned>(chunks));
+    column_partial_kernel<<<grid, 128, 0, ctx->stream>>>(nullptr, partial, x, nullptr, nullptr,
+                                                         nullptr, N, C, chunk);
+    column_final_kernel<<<(C + 127) / 128, 128, 0, ctx->stream>>>(out, partial, chunks, C);
+    STX_LAUNCH_CHECK(ctx, "column_sum kernels");
+}
+
+void CudaOps::layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
+                                const float *g, const float *b, int64_t N, int32_t C, double eps) {
+    if (!ctx_->ok() || N == 0) return;
+    layernorm_forward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
+        out, mean, rstd, inp, g, b, N, C, static_cast<float>(eps));
+    STX_LAUNCH_CHECK(ctx_, "layernorm_forward_kernel");
+}
+
+void CudaOps::layernorm_backward(float *dinp, float *dg, float *db, const float *dout,
+                                 const float *inp, const float *g, const float *mean,
+                                 const float *rstd, int64_t N, int32_t C) {
+    if (!ctx_->ok() || N == 0) return;
+    layernorm_backward_input_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
+        dinp, dout, inp, g, mean, rstd, N, C);
+    int32_t chunks = 0;
+    int64_t chunk = 0;
+    if (!column_chunks(ctx_.get(), ctx_, N, C, &chunks, &chunk)) return;
+    float *partial_g = ctx_->scratch.data(),
+          *partial_b = partial_g + static_cast<size_t>(chunks) * C;
+    dim3 grid((C + 127) / 128, static_cast<unsigned>(chunks));
+    column_partial_kernel<<<grid, 128, 0, ctx_->stream>>>(partial_g, partial_b, dout, inp, mean,
+                                                          rstd, N, C, chunk);
+    column_final_kernel<<<(C + 127) / 128, 128, 0, ctx_->stream>>>(dg, partial_g, chunks, C);
+    column_final_kernel<<<(C + 127) / 128, 128, 0, ctx_->stream>>>(db, partial_b, chunks, C);
+    STX_LAUNCH_CHECK(ctx_, "layernorm_backward kernels");
+}
+
+void CudaOps::embedding_forward(float *out, const uint8_t *tokens, const float *tok,
+                                const float *start, const float *const *pos,
+                                const int32_t *pos_shape, int32_t n_axes, int32_t B, int32_t T,
+                                int32_t C) {
+    if (!ctx_->ok()) return;
+    PosTables p{};
+    p.n_axes = n_axes;
+    for (int32_t a = 0; a < n_axes; ++a) {
+        p.table[a] = pos[a];
+        p.shape[a] = pos_shape[a];
+    }
+    const int64_t n = static_cast<int64_t>(B) * T * C;
+    embedding_forward_kernel<<<blocks_for(n, 256), 256, 0, ctx_->stream>>>(out, tokens, tok, start,
+                                                                           p, B, T, C);
+    STX_LAUNCH_CHECK(ctx_, "embedding_forward_kernel");
+}
+
+void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos, const float *dout,
+                                 const uint8_t *tokens, const int32_t *pos_shape, int32_t n_axes,
+                                 int32_t B, int32_t T, int32_t C) {
+    if (!ctx_->ok()) return;
+    PosGrads p{};
+    p.n_axes = n_axes;
+    for (int32_t a = 0; a < n_axes; ++a) {
+        p.table[a] = dpos[a];
+        p.shape[a] = pos_shape[a];
+    }
+    embedding_backward_kernel<<<(C + 63) / 64, 64, 0, ctx_->stream>>>(dtok, dstart, p, dout, tokens,
+                                                                      B, T, C);
+    STX_LAUNCH_CHECK(ctx_, "embedding_backward_kernel");
+}
+
+void CudaOps::crossentropy_forward(float *losses, const float *logits, const uint8_t *targets,
+                                   int64_t N, int32_t V) {
+    if (!ctx_->ok() || N == 0) return;
+    crossentropy_forward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
+        losses, logits, targets, N, V);
+    STX_LAUNCH_CHECK(ctx_, "crossentropy_forward_kernel");
+}
+
+void CudaOps::crossentropy_backward(float *dlogits, const float *logits, const uint8_t *targets,
+                                    double dloss_scale, int64_t N, int32_t V) {
+    if (!ctx_->ok() || N == 0) return;
+    crossentropy_backward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
+        dlogits, logits, targets, static_cast<float>(dloss_scale), N, V);
+    STX_LAUNCH_CHECK(ctx_, "crossentropy_backward_kernel");
+}
+
+} // namespace cuda
+} // namespace stx

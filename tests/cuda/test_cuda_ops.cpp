@@ -1,0 +1,369 @@
+/*
+ * test_cuda_ops.cpp: every CUDA op against its ref/ twin, on fresh random inputs of awkward
+ * shapes (rows not a multiple of anything, n_ctx not a multiple of the block, 3 heads, batch
+ * 1 and 5, head dims 32/64/128 and Dv = 2 Dq). The reference runs in double; the bound is
+ * max|cuda - ref| / max|ref| <= 1e-5 in fp32 mode and <= 2e-2 in bf16 mode (only matrix
+ * and attention operands are rounded to bf16). Outputs are poisoned with NaN first, so an
+ * element a kernel fails to write shows. Without a GPU the test says so and exits 77.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "harness.h"
+
+#include <string>
+#include <vector>
+
+#include "cuda_ops.h"
+#include "layout.h"
+#include "ops.h"
+#include "pattern.h"
+#include "philox.h"
+
+using stx::cuda::CudaOps;
+typedef std::vector<double> vec;
+
+static CudaOps g_fp32, g_bf16;
+static const double kFp32Bound = 1e-5, kBf16Bound = 2e-2;
+
+static vec random_vec(stx_test_rng *rng, size_t n, double scale) {
+    vec v(n);
+    stx_test_fill(rng, v.data(), n, scale);
+    return v;
+}
+
+// A device array holding a host vector's values (as float).
+struct Dev {
+    CudaOps::Buffer buf;
+    Dev(CudaOps &ops, const vec &host) {
+        ops.alloc(buf, host.size());
+        ops.copy_in(buf.data(), host.size(), STX_DTYPE_F64, host.data());
+    }
+    Dev(CudaOps &ops, size_t n, double fill) {
+        ops.alloc(buf, n);
+        vec host(n, fill);
+        ops.copy_in(buf.data(), n, STX_DTYPE_F64, host.data());
+    }
+    float *p() { return buf.data(); }
+    vec get(CudaOps &ops) const {
+        vec host(buf.size());
+        ops.copy_out(buf.data(), buf.size(), STX_DTYPE_F64, host.data());
+        return host;
+    }
+};
+
+static void expect(CudaOps &ops, const char *what, const Dev &got, const vec &ref, double bound) {
+    if (ops.status() != STX_OK) fail_msg("%s: CUDA error: %s", what, stx_last_error());
+    vec g = got.get(ops);
+    assert_int_equal(g.size(), ref.size());
+    stx_test_expect_close(what, g.data(), ref.data(), ref.size(), bound);
+}
+
+static const double kNaN = NAN;
+
+/* LayerNorm, GELU, linear (both precisions), cross-entropy, embedding, dropout, AdamW. */
+static void test_dense_ops(void **state) {
+    (void)state;
+    stx_test_rng rng = {101};
+    for (int prec = 0; prec < 2; ++prec) {
+        CudaOps &ops = prec ? g_bf16 : g_fp32;
+        const double mm_bound = prec ? kBf16Bound : kFp32Bound;
+        const int64_t N = 77;
+        const int32_t C = 96, OC = 130;
+        // LayerNorm
+        vec x = random_vec(&rng, N * C, 2.0), g = random_vec(&rng, C, 1.0),
+            b = random_vec(&rng, C, 1.0);
+        for (double &e : g) e += 1.0;
+        vec out(N * C), mean(N), rstd(N);
+        stx::ref::layernorm_forward<double>(out.data(), mean.data(), rstd.data(), x.data(),
+                                            g.data(), b.data(), N, C, 1e-5);
+        Dev dx(ops, x), dg(ops, g), db(ops, b), dout(ops, N * C, kNaN), dmean(ops, N, kNaN),
+            drstd(ops, N, kNaN);
+        ops.layernorm_forward(dout.p(), dmean.p(), drstd.p(), dx.p(), dg.p(), db.p(), N, C, 1e-5);
+        expect(ops, "layernorm_forward out", dout, out, kFp32Bound);
+        expect(ops, "layernorm_forward rstd", drstd, rstd, kFp32Bound);
+        vec up = random_vec(&rng, N * C, 1.0), gin = random_vec(&rng, N * C, 1.0);
+        vec gg = random_vec(&rng, C, 1.0), gb = random_vec(&rng, C, 1.0);
+        vec rin = gin, rg = gg, rb = gb;
+        stx::ref::layernorm_backward<double>(rin.data(), rg.data(), rb.data(), up.data(), x.data(),
+                                             g.data(), mean.data(), rstd.data(), N, C);
+        Dev dup(ops, up), dgin(ops, gin), dgg(ops, gg), dgb(ops, gb);
+        ops.layernorm_backward(dgin.p(), dgg.p(), dgb.p(), dup.p(), dx.p(), dg.p(), dmean.p(),
+                               drstd.p(), N, C);
+        expect(ops, "layernorm_backward dinp (+=)", dgin, rin, kFp32Bound);
+        expect(ops, "layernorm_backward dg (+=)", dgg, rg, kFp32Bound);
+        expect(ops, "layernorm_backward db (+=)", dgb, rb, kFp32Bound);
+
+        // GELU
+        vec gelu(N * C), ginp = random_vec(&rng, N * C, 0.5);
+        stx::ref::gelu_forward<double>(gelu.data(), x.data(), N * C);
+        Dev dgelu(ops, N * C, kNaN), dginp(ops, ginp);
+        ops.gelu_forward(dgelu.p(), dx.p(), N * C);
+        expect(ops, "gelu_forward", dgelu, gelu, kFp32Bound);
+        stx::ref::gelu_backward<double>(ginp.data(), up.data(), x.data(), N * C);
+        ops.gelu_backward(dginp.p(), dup.p(), dx.p(), N * C);
+        expect(ops, "gelu_backward (+=)", dginp, ginp, kFp32Bound);
+
+        // Linear, with and without bias
+        vec w = random_vec(&rng, static_cast<size_t>(OC) * C, 0.2),
+            bias = random_vec(&rng, OC, 1.0);
+        for (int with_bias = 0; with_bias < 2; ++with_bias) {
+            const double *bp = with_bias ? bias.data() : nullptr;
+            vec y(N * OC);
+            stx::ref::linear_forward<double>(y.data(), x.data(), w.data(), bp, N, C, OC);
+            Dev dw(ops, w), dbias(ops, bias), dy(ops, N * OC, kNaN);
+            ops.linear_forward(dy.p(), dx.p(), dw.p(), with_bias ? dbias.p() : nullptr, N, C, OC);
+            expect(ops, "linear_forward", dy, y, mm_bound);
+            vec gy = random_vec(&rng, N * OC, 1.0), gx = random_vec(&rng, N * C, 1.0);
+            vec gw = random_vec(&rng, static_cast<size_t>(OC) * C, 1.0),
+                gbias = random_vec(&rng, OC, 1.0);
+            Dev dgy(ops, gy), dgx(ops, gx), dgw(ops, gw), dgbias(ops, gbias);
+            stx::ref::linear_backward<double>(gx.data(), gw.data(),
+                                              with_bias ? gbias.data() : nullptr, gy.data(),
+                                              x.data(), w.data(), N, C, OC);
+            ops.linear_backward(dgx.p(), dgw.p(), with_bias ? dgbias.p() : nullptr, dgy.p(), dx.p(),
+                                dw.p(), N, C, OC);
+            expect(ops, "linear_backward dinp (+=)", dgx, gx, mm_bound);
+            expect(ops, "linear_backward dw (+=)", dgw, gw, mm_bound);
+            if (with_bias) expect(ops, "linear_backward dbias (+=)", dgbias, gbias, kFp32Bound);
+        }
+
+        // Cross-entropy
+        const int32_t V = 256;
+        vec logits = random_vec(&rng, N * V, 4.0), losses(N);
+        std::vector<uint8_t> targets(N);
+        stx_test_fill_bytes(&rng, targets.data(), targets.size());
+        stx::ref::crossentropy_forward<double>(losses.data(), logits.data(), targets.data(), N, V);
+        CudaOps::Bytes dtargets;
+        ops.upload_bytes(dtargets, targets.data(), targets.size());
+        Dev dlogits(ops, logits), dlosses(ops, N, kNaN);
+        ops.crossentropy_forward(dlosses.p(), dlogits.p(), dtargets.data(), N, V);
+        expect(ops, "crossentropy_forward", dlosses, losses, kFp32Bound);
+        vec gl = random_vec(&rng, N * V, 1.0);
+        Dev dgl(ops, gl);
+        stx::ref::crossentropy_backward<double>(gl.data(), logits.data(), targets.data(),
+                                                1.0 / 77.0, N, V);
+        ops.crossentropy_backward(dgl.p(), dlogits.p(), dtargets.data(), 1.0 / 77.0, N, V);
+        expect(ops, "crossentropy_backward (+=)", dgl, gl, kFp32Bound);
+
+        // Embedding with a 3-axis position shape
+        const int32_t B = 5, T = 11, shape[3] = {2, 3, 2}; // prod 12 >= T
+        vec tok = random_vec(&rng, 256 * static_cast<size_t>(C), 1.0),
+            start = random_vec(&rng, C, 1.0);
+        vec pos[3] = {random_vec(&rng, 2 * C, 1.0), random_vec(&rng, 3 * C, 1.0),
+                      random_vec(&rng, 2 * C, 1.0)};
+        std::vector<uint8_t> tokens(B * T);
+        stx_test_fill_bytes(&rng, tokens.data(), tokens.size());
+        for (int i = 0; i < 5; ++i) tokens[static_cast<size_t>(i) * 3] = 7; // repeated tokens
+        const double *hpos[3] = {pos[0].data(), pos[1].data(), pos[2].data()};
+        vec emb(static_cast<size_t>(B) * T * C);
+        stx::ref::embedding_forward<double>(emb.data(), tokens.data(), tok.data(), start.data(),
+                                            hpos, shape, 3, B, T, C);
+        Dev dtok(ops, tok), dstart(ops, start), dp0(ops, pos[0]), dp1(ops, pos[1]),
+            dp2(ops, pos[2]), demb(ops, emb.size(), kNaN);
+        CudaOps::Bytes dtokens;
+        ops.upload_bytes(dtokens, tokens.data(), tokens.size());
+        const float *dpos[3] = {dp0.p(), dp1.p(), dp2.p()};
+        ops.embedding_forward(demb.p(), dtokens.data(), dtok.p(), dstart.p(), dpos, shape, 3, B, T,
+                              C);
+        expect(ops, "embedding_forward", demb, emb, kFp32Bound);
+        vec gemb = random_vec(&rng, emb.size(), 1.0);
+        vec gt = random_vec(&rng, tok.size(), 1.0), gs = random_vec(&rng, C, 1.0);
+        vec gp[3] = {random_vec(&rng, 2 * C, 1.0), random_vec(&rng, 3 * C, 1.0),
+                     random_vec(&rng, 2 * C, 1.0)};
+        Dev dgemb(ops, gemb), dgt(ops, gt), dgs(ops, gs), dgp0(ops, gp[0]), dgp1(ops, gp[1]),
+            dgp2(ops, gp[2]);
+        double *hgp[3] = {gp[0].data(), gp[1].data(), gp[2].data()};
+        stx::ref::embedding_backward<double>(gt.data(), gs.data(), hgp, gemb.data(), tokens.data(),
+                                             shape, 3, B, T, C);
+        float *dgp[3] = {dgp0.p(), dgp1.p(), dgp2.p()};
+        ops.embedding_backward(dgt.p(), dgs.p(), dgp, dgemb.p(), dtokens.data(), shape, 3, B, T, C);
+        expect(ops, "embedding_backward dtok (+=)", dgt, gt, kFp32Bound);
+        expect(ops, "embedding_backward dstart (+=)", dgs, gs, kFp32Bound);
+        expect(ops, "embedding_backward dpos[0] (+=)", dgp0, gp[0], kFp32Bound);
+        expect(ops, "embedding_backward dpos[1] (+=)", dgp1, gp[1], kFp32Bound);
+        expect(ops, "embedding_backward dpos[2] (+=)", dgp2, gp[2], kFp32Bound);
+
+        // AdamW, decay on, clipped gradients
+        const int64_t P = 1001;
+        vec p = random_vec(&rng, P, 1.0), m = random_vec(&rng, P, 0.1),
+            v = random_vec(&rng, P, 0.1), gr = random_vec(&rng, P, 1.0);
+        for (double &e : v) e = fabs(e);
+        Dev dpp(ops, p), dm(ops, m), dv(ops, v), dgr(ops, gr);
+        stx::ref::adamw_update<double>(p.data(), m.data(), v.data(), gr.data(), P, 0.5, 1e-2, 0.9,
+                                       0.95, 1e-8, 0.1, true, 3);
+        ops.adamw_update(dpp.p(), dm.p(), dv.p(), dgr.p(), P, 0.5, 1e-2, 0.9, 0.95, 1e-8, 0.1, true,
+                         3);
+        expect(ops, "adamw p", dpp, p, kFp32Bound);
+        expect(ops, "adamw m", dm, m, kFp32Bound);
+        expect(ops, "adamw v", dv, v, kFp32Bound);
+    }
+}
+
+/* The dropout mask is the reference's bit for bit: the same elements are dropped. */
+static void test_dropout_bit_for_bit(void **state) {
+    (void)state;
+    stx_test_rng rng = {202};
+    const int64_t n = 100003;
+    vec resid = random_vec(&rng, n, 1.0), branch = random_vec(&rng, n, 1.0);
+    std::vector<float> rf(resid.begin(), resid.end()), bf(branch.begin(), branch.end()), of(n);
+    stx::ref::residual_dropout_forward<float>(of.data(), rf.data(), bf.data(), n, 0.3, 99, 5, 12);
+    Dev dr(g_fp32, resid), db(g_fp32, branch), dout(g_fp32, n, kNaN);
+    g_fp32.residual_dropout_forward(dout.p(), dr.p(), db.p(), n, 0.3, 99, 5, 12);
+    vec got = dout.get(g_fp32);
+    int64_t differ = 0, dropped = 0;
+    for (int64_t i = 0; i < n; ++i) {
+        if (static_cast<float>(got[i]) != of[i]) ++differ;
+        if (of[i] == rf[i]) ++dropped;
+    }
+    printf("  dropout p=0.3: %lld of %lld dropped, %lld differ from the reference\n",
+           (long long)dropped, (long long)n, (long long)differ);
+    assert_int_equal(differ, 0);
+    assert_true(dropped > n / 4 && dropped < n * 7 / 20);
+    vec gd = random_vec(&rng, n, 1.0), gr(n, 0.0), gb(n, 0.0);
+    std::vector<float> gdf(gd.begin(), gd.end()), grf(n, 0.0f), gbf(n, 0.0f);
+    stx::ref::residual_dropout_backward<float>(grf.data(), gbf.data(), gdf.data(), n, 0.3, 99, 5,
+                                               12);
+    Dev dgd(g_fp32, gd), dgr(g_fp32, gr), dgb(g_fp32, gb);
+    g_fp32.residual_dropout_backward(dgr.p(), dgb.p(), dgd.p(), n, 0.3, 99, 5, 12);
+    vec gotb = dgb.get(g_fp32);
+    for (int64_t i = 0; i < n; ++i)
+        if (static_cast<float>(gotb[i]) != gbf[i])
+            fail_msg("dropout backward differs at %lld", (long long)i);
+}
+
+struct AttnCase {
+    const char *pattern; // NULL: a random user block layout
+    int32_t n_ctx, T, bs, B, Dq, Dv;
+};
+
+static const AttnCase kAttnCases[] = {
+    {"dense", 100, 100, 32, 1, 32, 32},
+    {"local:40", 100, 77, 16, 5, 64, 64},
+    {"strided:24", 100, 100, 32, 2, 128, 128},
+    {"fixed:32:8:3", 100, 90, 16, 2, 32, 64},
+    {"local:16+strided:16", 100, 100, 32, 3, 64, 64},
+    {"fixed:32:8+strided:20", 130, 111, 16, 1, 64, 128},
+    {"[local:16;strided:20+fixed:32:8;dense]", 100, 100, 32, 2, 32, 32},
+    {"strided:7+strided:9+local:5", 100, 95, 16, 1, 32, 32},
+    {NULL, 100, 100, 32, 5, 64, 64},
+};
+
+static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
+    const int32_t H = 3;
+    stx::Layout lay;
+    if (c.pattern) {
+        stx::LayerPattern lp;
+        if (stx::parse_layer_pattern(c.pattern, &lp) != STX_OK ||
+            stx::build_layout(lp, c.n_ctx, H, c.bs, &lay) != STX_OK)
+            fail_msg("layout %s: %s", c.pattern, stx_last_error());
+    } else {
+        const int32_t nb = (c.n_ctx + c.bs - 1) / c.bs;
+        std::vector<uint8_t> blocks(static_cast<size_t>(H) * nb * nb, 0);
+        stx_test_rng r = {seed};
+        for (int32_t h = 0; h < H; ++h)
+            for (int32_t i = 0; i < nb; ++i)
+                for (int32_t j = 0; j <= i; ++j)
+                    blocks[(static_cast<size_t>(h) * nb + i) * nb + j] =
+                        static_cast<uint8_t>(i == j || stx_test_uniform(&r) > 0.2);
+        if (stx::build_layout_from_blocks(c.n_ctx, H, c.bs, blocks.data(), &lay) != STX_OK)
+            fail_msg("user layout: %s", stx_last_error());
+    }
+    stx_test_rng rng = {seed};
+    const size_t nq = static_cast<size_t>(c.B) * c.T * H * c.Dq,
+                 nv = static_cast<size_t>(c.B) * c.T * H * c.Dv;
+    const size_t nl = static_cast<size_t>(c.B) * H * c.T;
+    vec q = random_vec(&rng, nq, 1.0), k = random_vec(&rng, nq, 1.0), v = random_vec(&rng, nv, 1.0);
+    vec out(nv), lse(nl);
+    const double scale = 1.0 / sqrt(static_cast<double>(c.Dq));
+    stx::ref::attention_forward<double>(out.data(), lse.data(), q.data(), k.data(), v.data(), lay,
+                                        c.B, c.T, c.Dq, c.Dv, scale);
+    Dev dq_in(ops, q), dk_in(ops, k), dv_in(ops, v), dout(ops, nv, kNaN), dlse(ops, nl, kNaN);
+    ops.attention_forward(dout.p(), dlse.p(), dq_in.p(), dk_in.p(), dv_in.p(), lay, c.B, c.T, c.Dq,
+                          c.Dv, scale);
+    char what[160];
+    const char *name = c.pattern ? c.pattern : "user layout";
+    snprintf(what, sizeof what, "attention_forward out [%s, Dq %d, Dv %d, T %d, bs %d]", name, c.Dq,
+             c.Dv, c.T, c.bs);
+    expect(ops, what, dout, out, bound);
+    snprintf(what, sizeof what, "attention_forward lse [%s]", name);
+    expect(ops, what, dlse, lse, bound);
+    vec gout = random_vec(&rng, nv, 1.0);
+    vec gq = random_vec(&rng, nq, 1.0), gk = random_vec(&rng, nq, 1.0),
+        gv = random_vec(&rng, nv, 1.0);
+    Dev dgout(ops, gout), dgq(ops, gq), dgk(ops, gk), dgv(ops, gv);
+    stx::ref::attention_backward<double>(gq.data(), gk.data(), gv.data(), gout.data(), q.data(),
+                                         k.data(), v.data(), out.data(), lse.data(), lay, c.B, c.T,
+                                         c.Dq, c.Dv, scale);
+    ops.attention_backward(dgq.p(), dgk.p(), dgv.p(), dgout.p(), dq_in.p(), dk_in.p(), dv_in.p(),
+                           dout.p(), dlse.p(), lay, c.B, c.T, c.Dq, c.Dv, scale);
+    snprintf(what, sizeof what, "attention_backward dq (+=) [%s, Dq %d]", name, c.Dq);
+    expect(ops, what, dgq, gq, bound);
+    snprintf(what, sizeof what, "attention_backward dk (+=) [%s]", name);
+    expect(ops, what, dgk, gk, bound);
+    snprintf(what, sizeof what, "attention_backward dv (+=) [%s]", name);
+    expect(ops, what, dgv, gv, bound);
+}
+
+/* Every pattern kind and integration mode and a user layout, fp32 and bf16. */
+static void test_attention(void **state) {
+    (void)state;
+    uint64_t seed = 300;
+    for (const AttnCase &c : kAttnCases) {
+        run_attention_case(c, g_fp32, kFp32Bound, ++seed);
+        run_attention_case(c, g_bf16, kBf16Bound, ++seed);
+    }
+    printf("  %zu attention cases, fp32 and bf16\n", sizeof kAttnCases / sizeof kAttnCases[0]);
+}
+
+/* Running the same backward twice gives the same bits (no atomics). */
+static void test_attention_deterministic(void **state) {
+    (void)state;
+    const AttnCase c = {"local:16+strided:16", 100, 100, 16, 2, 64, 64};
+    stx::LayerPattern lp;
+    stx::Layout lay;
+    assert_int_equal(stx::parse_layer_pattern(c.pattern, &lp), STX_OK);
+    assert_int_equal(stx::build_layout(lp, c.n_ctx, 3, c.bs, &lay), STX_OK);
+    stx_test_rng rng = {7};
+    const size_t n = static_cast<size_t>(c.B) * c.T * 3 * 64,
+                 nl = static_cast<size_t>(c.B) * 3 * c.T;
+    vec q = random_vec(&rng, n, 1.0), k = random_vec(&rng, n, 1.0), v = random_vec(&rng, n, 1.0),
+        g = random_vec(&rng, n, 1.0);
+    Dev dq_in(g_fp32, q), dk_in(g_fp32, k), dv_in(g_fp32, v), dg(g_fp32, g), dout(g_fp32, n, 0.0),
+        dlse(g_fp32, nl, 0.0);
+    g_fp32.attention_forward(dout.p(), dlse.p(), dq_in.p(), dk_in.p(), dv_in.p(), lay, c.B, c.T, 64,
+                             64, 0.125);
+    vec first;
+    for (int run = 0; run < 2; ++run) {
+        Dev a(g_fp32, n, 0.0), b(g_fp32, n, 0.0), cc(g_fp32, n, 0.0);
+        g_fp32.attention_backward(a.p(), b.p(), cc.p(), dg.p(), dq_in.p(), dk_in.p(), dv_in.p(),
+                                  dout.p(), dlse.p(), lay, c.B, c.T, 64, 64, 0.125);
+        vec all = a.get(g_fp32), kk = b.get(g_fp32), vv = cc.get(g_fp32);
+        all.insert(all.end(), kk.begin(), kk.end());
+        all.insert(all.end(), vv.begin(), vv.end());
+        if (run == 0)
+            first = all;
+        else if (memcmp(first.data(), all.data(), all.size() * sizeof(double)) != 0)
+            fail_msg("attention backward differs between two runs");
+    }
+}
+
+int main(void) {
+    if (CudaOps::create(0, false, &g_fp32) != STX_OK ||
+        CudaOps::create(0, true, &g_bf16) != STX_OK) {
+        printf("SKIP: test_cuda_ops needs a CUDA device: %s\n", stx_last_error());
+        return STX_TEST_SKIP;
+    }
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dense_ops),
+        cmocka_unit_test(test_dropout_bit_for_bit),
+        cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_deterministic),
+    };
+    int failed = cmocka_run_group_tests(tests, NULL, NULL);
+    g_fp32 = CudaOps();
+    g_bf16 = CudaOps();
+    return failed;
+}
