@@ -3,6 +3,7 @@
 #include <cstring>
 #include <vector>
 
+#include "backend.h"
 #include "context.cuh"
 
 namespace stx {
@@ -90,7 +91,7 @@ stx_status CudaOps::create(int32_t device, bool bf16, CudaOps *out) {
 }
 
 bool attention_dims_supported(int32_t Dq, int32_t Dv) {
-    return (Dq == 32 || Dq == 64 || Dq == 128) && (Dv == Dq || (Dv == 2 * Dq && Dv <= 128));
+    return cuda_head_dims_supported(Dq, Dv);
 }
 
 void CudaOps::alloc(Buffer &b, size_t n) {

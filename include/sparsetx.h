@@ -108,7 +108,8 @@ STX_API void stx_log_set(stx_log_fn fn, void *user_data);
 typedef enum stx_backend {
     STX_BACKEND_CPU = 0,  /* the OpenMP reference backend, always present */
     STX_BACKEND_CUDA = 1, /* the CUDA backend on device stx_config.device */
-    STX_BACKEND_AUTO = 2, /* CUDA when compiled in and a device is present, else CPU */
+    STX_BACKEND_AUTO = 2, /* CUDA when usable for the config (a device, compiled head dims,
+                             not fp64), else CPU */
     STX_BACKEND_RANGE = 0x7fffffff
 } stx_backend;
 
@@ -367,6 +368,17 @@ STX_API stx_status stx_attention_backward(const stx_layout *layout, stx_dtype dt
                                           const void *q, const void *k, const void *v,
                                           const void *out, const void *lse, const void *dout,
                                           void *dq, void *dk, void *dv);
+
+/* Time the attention kernels of a backend (STX_BACKEND_CPU, or STX_BACKEND_CUDA on
+ * `device`) for a layout, on fresh random q, k, v of [B, T, H*Dqk] / [B, T, H*Dv] in the
+ * backend's memory, precision fp32 or bf16 (CUDA): after a warm-up, the median of `runs`
+ * forward passes and of `runs` forward + backward passes, in milliseconds (device events on
+ * CUDA). Errors as stx_attention_forward, STX_ERR_UNSUPPORTED for a backend or head dims not
+ * available here. */
+STX_API stx_status stx_attention_benchmark(const stx_layout *layout, int32_t backend,
+                                           int32_t device, int32_t precision, int32_t B, int32_t T,
+                                           int32_t Dqk, int32_t Dv, int32_t runs,
+                                           double *forward_ms, double *forward_backward_ms);
 
 /* Replace the pattern of one layer of a model with a layout (same n_ctx, n_head and block
  * size as the model); the model keeps its own copy. */

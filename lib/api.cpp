@@ -20,10 +20,6 @@
 #include <omp.h>
 #endif
 
-struct stx_layout {
-    std::shared_ptr<const stx::Layout> layout;
-};
-
 namespace {
 
 using stx::check_model;
@@ -149,8 +145,9 @@ stx_status create_model(const stx_config &cfg, stx_model **out) {
     if (s != STX_OK) return s;
     if (m->cfg.backend == STX_BACKEND_AUTO) {
         // fp64 exists only on the CPU; config_validate already checked the explicit cases.
-        const bool cuda =
-            m->cfg.precision != STX_PRECISION_FP64 && stx_backend_available(STX_BACKEND_CUDA);
+        const bool cuda = m->cfg.precision != STX_PRECISION_FP64 &&
+                          stx::cuda_head_dims_supported(m->dims.Dq, m->dims.Dv) &&
+                          stx_backend_available(STX_BACKEND_CUDA);
         m->cfg.backend = cuda ? STX_BACKEND_CUDA : STX_BACKEND_CPU;
         if (!cuda && m->cfg.precision == STX_PRECISION_BF16)
             return fail(STX_ERR_INVALID_ARGUMENT,

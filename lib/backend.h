@@ -63,7 +63,19 @@ stx_status create_ref_backend(const ModelSpec &spec, std::unique_ptr<Backend> *o
 // The CUDA backend (cuda/model.cu); STX_ERR_UNSUPPORTED in a build without CUDA.
 stx_status create_cuda_backend(const ModelSpec &spec, std::unique_ptr<Backend> *out);
 
+// Median milliseconds of attention forward and forward + backward on the GPU (cuda/bench.cu;
+// STX_ERR_UNSUPPORTED without CUDA).
+stx_status cuda_attention_benchmark(const Layout &layout, int32_t device, bool bf16, int32_t B,
+                                    int32_t T, int32_t Dq, int32_t Dv, int32_t runs,
+                                    double *forward_ms, double *forward_backward_ms);
+
 // CUDA devices visible (0 when CUDA is not compiled in or no driver); cuda/device.cu.
 int32_t cuda_device_count();
+
+// Head dims the CUDA attention kernels are compiled for: Dq 32, 64 or 128 and Dv = Dq or 2 Dq
+// (at most 128). "auto" picks the CPU for other shapes.
+inline bool cuda_head_dims_supported(int32_t Dq, int32_t Dv) {
+    return (Dq == 32 || Dq == 64 || Dq == 128) && (Dv == Dq || (Dv == 2 * Dq && Dv <= 128));
+}
 
 } // namespace stx

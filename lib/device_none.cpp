@@ -16,5 +16,11 @@ stx_status create_cuda_backend(const ModelSpec &, std::unique_ptr<Backend> *) {
                 "backend cuda: this build has no CUDA backend (rebuild with nvcc present)");
 }
 
+stx_status cuda_attention_benchmark(const Layout &, int32_t, bool, int32_t, int32_t, int32_t,
+                                    int32_t, int32_t, double *, double *) {
+    return fail(STX_ERR_UNSUPPORTED,
+                "backend cuda: this build has no CUDA backend (rebuild with nvcc present)");
+}
+
 } // namespace stx
 #endif

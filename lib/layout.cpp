@@ -222,6 +222,7 @@ void layout_stats(const Layout &layout, int32_t head, int64_t *n_blocks, int64_t
     for (size_t p = 0; p < passes.size(); ++p) {
         const AttnPass &ap = passes[p];
         blocks += static_cast<int64_t>(ap.col_idx.size());
+#pragma omp parallel for reduction(+ : pairs) schedule(dynamic, 4)
         for (int64_t i = 0; i < ap.n_qblocks; ++i)
             for (int64_t e = ap.row_ptr[i]; e < ap.row_ptr[i + 1]; ++e)
                 for (int64_t sq = i * bs; sq < std::min((i + 1) * bs, ap.n_slots); ++sq) {

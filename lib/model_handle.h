@@ -8,6 +8,7 @@
 #include "backend.h"
 #include "config.h"
 #include "error.h"
+#include "layout.h"
 #include "params.h"
 #include "pattern.h"
 
@@ -26,6 +27,12 @@ struct stx_model {
     bool grads_pending = false; // a backward ran since the last optimizer step
     int32_t last_B = 0, last_T = 0;
     std::string app_state; // the application text of the checkpoint it was loaded from
+};
+
+// What stands behind the public stx_layout handle: a shared, immutable layout (a model that
+// is given one keeps a reference).
+struct stx_layout {
+    std::shared_ptr<const stx::Layout> layout;
 };
 
 namespace stx {
