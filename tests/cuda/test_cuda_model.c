@@ -104,8 +104,23 @@ static void randomize_both(stx_model *a, stx_model *b, uint64_t seed) {
     }
 }
 
+/* Per-tensor relative L2 error ||a - b|| / ||b||. */
+static double rel_l2(const double *a, const double *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; ++i) {
+        num += (a[i] - b[i]) * (a[i] - b[i]);
+        den += b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* Gradients: max|a - b| / max|b| <= bound per tensor. Weights after Adam steps: the relative
+ * L2 error <= bound per tensor, and the elementwise max is reported. Adam's first step moves
+ * every element by about lr * sign(g), so an element whose gradient is within fp32 rounding
+ * of zero (about 1e-6 of its tensor's largest) may step +lr on one backend and -lr on the
+ * other, whatever lr is: the elementwise max then measures isolated elements, not agreement. */
 static void compare_tensors(stx_model *gpu, stx_model *cpu, const char *label, int grads,
-                            double bound, double *worst) {
+                            double bound, double *worst, double *worst_max) {
     int32_t n = 0;
     CHECK_OK(stx_param_count(cpu, &n));
     for (int32_t i = 0; i < n; ++i) {
@@ -122,9 +137,18 @@ static void compare_tensors(stx_model *gpu, stx_model *cpu, const char *label, i
         char what[200];
         snprintf(what, sizeof what, "%s: %s %s", label, grads ? "gradient" : "weight", name);
         size_t w;
-        double err = stx_test_rel_error(a, b, (size_t)numel, &w);
-        if (err > *worst) *worst = err;
-        stx_test_expect_close(what, a, b, (size_t)numel, bound);
+        const double err_max = stx_test_rel_error(a, b, (size_t)numel, &w);
+        if (err_max > *worst_max) *worst_max = err_max;
+        if (grads) {
+            if (err_max > *worst) *worst = err_max;
+            stx_test_expect_close(what, a, b, (size_t)numel, bound);
+        } else {
+            const double err = rel_l2(a, b, (size_t)numel);
+            if (err > *worst) *worst = err;
+            if (!(err <= bound))
+                fail_msg("%s: relative L2 error %.3e > %.1e (elementwise max %.3e)", what, err,
+                         bound, err_max);
+        }
         free(a);
         free(b);
     }
@@ -158,16 +182,11 @@ static void test_matches_reference(void **state) {
         CHECK_OK(stx_zero_grad(cpu));
         CHECK_OK(stx_backward(gpu));
         CHECK_OK(stx_backward(cpu));
-        double worst_grad = 0, worst_weight = 0;
-        compare_tensors(gpu, cpu, mc->name, 1, 1e-4, &worst_grad);
-        /* Adam divides each element's step by its own gradient RMS, so an element whose
-         * gradient is ~1e-4 of its tensor's largest turns fp32 rounding (~1e-6 of the
-         * largest) into a ~1% error of its step; at lr 1e-3 over ten steps that moved one
-         * q.w element of weights ~0.3 by 9e-5 (2.9e-4 relative, measured on an H100). The
-         * steps here are lr 1e-4: the same amplification, ten times smaller in the weights. */
+        double worst_grad = 0, worst_weight = 0, ignored = 0, weight_max = 0;
+        compare_tensors(gpu, cpu, mc->name, 1, 1e-4, &worst_grad, &ignored);
         stx_optim_config opt;
         CHECK_OK(stx_optim_config_init(&opt));
-        opt.lr = 1e-4;
+        opt.lr = 1e-3;
         CHECK_OK(stx_model_set_optimizer(gpu, &opt));
         CHECK_OK(stx_model_set_optimizer(cpu, &opt));
         for (int step = 0; step < 10; ++step) {
@@ -183,9 +202,10 @@ static void test_matches_reference(void **state) {
             CHECK_OK(stx_optimizer_step(gpu, NULL, NULL));
             CHECK_OK(stx_optimizer_step(cpu, NULL, NULL));
         }
-        compare_tensors(gpu, cpu, mc->name, 0, 1e-4, &worst_weight);
-        printf("  %-26s loss %.6f vs %.6f, worst gradient %.1e, weights after 10 steps %.1e\n",
-               mc->name, lg, lc, worst_grad, worst_weight);
+        compare_tensors(gpu, cpu, mc->name, 0, 1e-4, &worst_weight, &weight_max);
+        printf("  %-26s loss %.6f vs %.6f, worst gradient %.1e; weights after 10 steps: L2 "
+               "%.1e, elementwise max %.1e\n",
+               mc->name, lg, lc, worst_grad, worst_weight, weight_max);
         free(zg);
         free(zc);
         free(tokens);
