@@ -74,39 +74,6 @@ static int parse_device(const char *text, int32_t *backend, int32_t *device) {
     return 0;
 }
 
-/* The checkpoint's model with n_threads replaced: the loader keeps the saved thread count,
- * so a model with the wanted one is created from the same config and the weights are
- * copied over exactly (in the model's own precision). */
-static stx_model *with_threads(stx_model *loaded, int32_t threads) {
-    stx_config cfg;
-    if (stx_model_get_config(loaded, &cfg) != STX_OK) stx_cli_die(PROG, "config");
-    if (cfg.n_threads == threads) return loaded;
-    cfg.n_threads = threads;
-    stx_model *m = NULL;
-    if (stx_model_create(&cfg, &m) != STX_OK) stx_cli_die(PROG, "model");
-    const stx_dtype dt = cfg.precision == STX_PRECISION_FP64 ? STX_DTYPE_F64 : STX_DTYPE_F32;
-    const size_t esize = dt == STX_DTYPE_F64 ? sizeof(double) : sizeof(float);
-    int32_t count = 0;
-    if (stx_param_count(loaded, &count) != STX_OK) stx_cli_die(PROG, "parameters");
-    for (int32_t i = 0; i < count; ++i) {
-        const char *name = NULL;
-        int32_t ndim = 0;
-        int64_t shape[STX_MAX_DIMS];
-        if (stx_param_info(loaded, i, &name, &ndim, shape) != STX_OK)
-            stx_cli_die(PROG, "parameters");
-        size_t n = 1;
-        for (int32_t d = 0; d < ndim; ++d) n *= (size_t)shape[d];
-        void *buf = malloc(n * esize);
-        if (!buf) stx_cli_fail(PROG, "out of memory copying %s", name);
-        if (stx_param_read(loaded, name, dt, buf, n) != STX_OK ||
-            stx_param_write(m, name, dt, buf, n) != STX_OK)
-            stx_cli_die(PROG, "copy parameters");
-        free(buf);
-    }
-    stx_model_free(loaded);
-    return m;
-}
-
 /* One window: bytes [start, start + len) of which positions [score_from, len) are scored. */
 typedef struct window {
     int64_t start;
@@ -204,7 +171,7 @@ int main(int argc, char **argv) {
     int64_t step = 0, n_params = 0;
     stx_model_get_step(model, &step);
     stx_param_total(model, &n_params);
-    model = with_threads(model, threads);
+    if (stx_model_set_threads(model, threads) != STX_OK) stx_cli_die(PROG, "--threads");
     if (stx_model_set_training(model, 0) != STX_OK) stx_cli_die(PROG, "model");
     stx_config cfg;
     if (stx_model_get_config(model, &cfg) != STX_OK) stx_cli_die(PROG, "config");

@@ -604,11 +604,11 @@ int main(int argc, char **argv) {
                     PROG ": note: %s has no data_rng; the data order restarts from the seed\n",
                     o->resume);
         }
-        if (stx_cli_find(&cli, "threads")->seen && o->threads != r.cfg.n_threads)
-            fprintf(stderr,
-                    PROG ": note: --threads %d is not applied to a resumed model; it runs with "
-                         "the checkpoint's n_threads %d\n",
-                    o->threads, r.cfg.n_threads);
+        if (stx_cli_find(&cli, "threads")->seen) {
+            if (stx_model_set_threads(r.model, o->threads) != STX_OK)
+                stx_cli_die(PROG, "--threads");
+            r.cfg.n_threads = o->threads;
+        }
     }
     r.T = r.cfg.n_ctx;
     if (r.train_end - r.train_begin < r.T)

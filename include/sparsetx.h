@@ -275,6 +275,12 @@ STX_API stx_status stx_model_set_optimizer_v(stx_model *model, const stx_optim_c
 #define stx_model_set_optimizer(model, opt)                                                        \
     stx_model_set_optimizer_v((model), (opt), sizeof *(opt), STX_ABI_VERSION)
 
+/* The optimizer configuration in use (from stx_model_set_optimizer or a checkpoint). */
+STX_API stx_status stx_model_get_optimizer_v(const stx_model *model, stx_optim_config *opt,
+                                             size_t opt_size, int32_t abi_version);
+#define stx_model_get_optimizer(model, opt)                                                        \
+    stx_model_get_optimizer_v((model), (opt), sizeof *(opt), STX_ABI_VERSION)
+
 /* One AdamW step at the model's step count t: learning rate from the schedule, gradients
  * scaled by min(1, clip / (global_norm + 1e-6)) (the stored gradients are not changed and
  * not cleared), decoupled weight decay on matrices (p -= lr * wd * p), then Adam. t then
@@ -287,6 +293,10 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
  * it replays the same masks, for gradient checks and for an exact resume. */
 STX_API stx_status stx_model_get_dropout_counter(const stx_model *model, uint64_t *counter);
 STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t counter);
+
+/* CPU threads for this model's work from now on (0 = OpenMP's default); a loaded model keeps
+ * the count it was saved with until this is called. */
+STX_API stx_status stx_model_set_threads(stx_model *model, int32_t n_threads);
 
 /* Bytes of backend memory the model holds now and the most it has held (device memory on
  * the CUDA backend: weights, gradients, optimizer state, activations and scratch; host
@@ -393,7 +403,8 @@ STX_API stx_status stx_model_set_layer_layout(stx_model *model, int32_t layer,
  * file is self-describing and versioned, each section carries a CRC32, and it is written to
  * "path.tmp", fsynced and renamed over path, so a crash never leaves a half checkpoint in
  * place of a good one. Errors: STX_ERR_IO naming the path and the OS error (the old file at
- * path is left untouched). */
+ * path is left untouched); STX_ERR_UNSUPPORTED for a model given a user layout with
+ * stx_model_set_layer_layout (not recorded in checkpoints yet). */
 STX_API stx_status stx_model_save(const stx_model *model, const char *path, const char *app_state);
 
 /* Load a checkpoint written by stx_model_save onto a backend (stx_backend; device for CUDA;
@@ -488,9 +499,11 @@ STX_API stx_status stx_sample_config_init_v(stx_sample_config *sc, size_t sc_siz
 
 /* Generate `batch` independent samples, without dropout. Sample b starts with its own prompt
  * prompts[b][0 .. n_prompt) (n_prompt may be 0: unconditional) and gets up to n_new bytes;
- * out is [batch][n_prompt + n_new] (prompt copied in front), lengths[b] (may be NULL) the
- * bytes written for sample b (shorter when it emitted stop_byte). Beyond n_ctx the model
- * reads the last n_ctx bytes. */
+ * out is [batch][n_prompt + n_new] (prompt copied in front, zeros after a stop), lengths[b]
+ * (may be NULL) = n_prompt + the bytes generated, the stop byte included. A byte is drawn from
+ * a window of the last n_ctx positions, so it sees at most n_ctx - 1 earlier bytes, as the
+ * last row of a training window does. Each draw depends only on (seed, sample index,
+ * position), so a sample does not depend on the rest of the batch. */
 STX_API stx_status stx_sample_v(stx_model *model, const uint8_t *prompts, int32_t n_prompt,
                                 int32_t n_new, int32_t batch, const stx_sample_config *sc,
                                 size_t sc_size, int32_t abi_version, uint8_t *out,

@@ -484,6 +484,28 @@ STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t coun
     return STX_OK;
 }
 
+STX_API stx_status stx_model_set_threads(stx_model *model, int32_t n_threads) {
+    stx_status st = check_model(model, "stx_model_set_threads");
+    if (st != STX_OK) return st;
+    if (n_threads < 0 || n_threads > 4096)
+        return fail(STX_ERR_INVALID_ARGUMENT,
+                    "stx_model_set_threads: n_threads (%d) must be in [0, 4096]", n_threads);
+    model->cfg.n_threads = n_threads;
+    return STX_OK;
+}
+
+STX_API stx_status stx_model_get_optimizer_v(const stx_model *model, stx_optim_config *opt,
+                                             size_t opt_size, int32_t abi_version) {
+    stx_status st = check_model(model, "stx_model_get_optimizer");
+    if (st != STX_OK) return st;
+    if (!opt) return fail(STX_ERR_INVALID_ARGUMENT, "stx_model_get_optimizer: opt is NULL");
+    if ((st = stx::check_abi("stx_model_get_optimizer", opt_size, sizeof(stx_optim_config),
+                             abi_version)) != STX_OK)
+        return st;
+    *opt = model->optim;
+    return STX_OK;
+}
+
 STX_API stx_status stx_model_memory(const stx_model *model, int64_t *bytes_in_use,
                                     int64_t *bytes_peak) {
     stx_status st = check_model(model, "stx_model_memory");
@@ -723,6 +745,7 @@ STX_API stx_status stx_model_set_layer_layout(stx_model *model, int32_t layer,
                     fn, L.n_ctx, L.n_head, L.block_size, model->cfg.n_ctx, model->cfg.n_head,
                     model->cfg.block_size);
     return guarded(fn, [&] {
+        model->user_layouts = true;
         model->backend->set_layer_layout(layer, layout->layout);
         model->forward_ready = false;
         return STX_OK;

@@ -898,6 +898,12 @@ STX_API stx_status stx_model_save(const stx_model *model, const char *path, cons
     if (st != STX_OK) return st;
     if (!path) return fail(STX_ERR_INVALID_ARGUMENT, "stx_model_save: path is NULL");
     if (!*path) return fail(STX_ERR_INVALID_ARGUMENT, "stx_model_save: path is empty");
+    if (model->user_layouts) // the file would come back with the config's pattern instead
+        return fail(
+            STX_ERR_UNSUPPORTED,
+            "stx_model_save: %s: a layer uses a layout given by stx_model_set_layer_layout, "
+            "which checkpoints do not record yet",
+            path);
     return guarded("stx_model_save", [&] { return save_model(model, path, app_state); });
 }
 

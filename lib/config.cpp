@@ -159,7 +159,7 @@ stx_status config_validate(const stx_config &c, ModelPattern *pattern_out, Dims 
                     STX_PATTERN_MAX);
     ModelPattern pattern;
     if ((st = parse_model_pattern(c.pattern, &pattern)) != STX_OK)
-        return fail_context(STX_ERR_INVALID_ARGUMENT, "pattern");
+        return STX_ERR_INVALID_ARGUMENT; // the parser's message names the pattern
     if (pattern_out) *pattern_out = pattern;
     if (dims_out) {
         Dims d;

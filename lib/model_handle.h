@@ -26,7 +26,8 @@ struct stx_model {
     bool logits_ready = false;  // logits of the last forward or evaluate are in place
     bool grads_pending = false; // a backward ran since the last optimizer step
     int32_t last_B = 0, last_T = 0;
-    std::string app_state; // the application text of the checkpoint it was loaded from
+    std::string app_state;     // the application text of the checkpoint it was loaded from
+    bool user_layouts = false; // a layer's layout was replaced (stx_model_set_layer_layout)
 };
 
 // What stands behind the public stx_layout handle: a shared, immutable layout (a model that

@@ -12,15 +12,18 @@ void linear_forward(S *out, const S *inp, const S *w, const S *bias, int64_t N, 
         const S *x = inp + n * IC;
         for (int32_t o = 0; o < OC; ++o) {
             const S *wo = w + static_cast<int64_t>(o) * IC;
-            S acc = bias ? bias[o] : S(0);
+            S acc = 0;
+#pragma omp simd reduction(+ : acc)
             for (int32_t i = 0; i < IC; ++i) acc += x[i] * wo[i];
-            out[n * OC + o] = acc;
+            out[n * OC + o] = (bias ? bias[o] : S(0)) + acc;
         }
     }
 }
 
-// dinp is parallel over rows; dw and dbias reduce over rows and are parallel over the output
-// channel o, each summed serially in row order (deterministic). dbias is skipped when NULL.
+// Inner loops are plain sums that `omp simd` may vectorize (a fixed order for a given build,
+// so results stay deterministic). dinp is parallel over rows; dw and dbias reduce over rows and are
+// parallel over the output channel o, each summed serially in row order (deterministic). dbias is
+// skipped when NULL.
 template <typename S>
 void linear_backward(S *dinp, S *dw, S *dbias, const S *dout, const S *inp, const S *w, int64_t N,
                      int32_t IC, int32_t OC) {
@@ -28,10 +31,11 @@ void linear_backward(S *dinp, S *dw, S *dbias, const S *dout, const S *inp, cons
     for (int64_t n = 0; n < N; ++n) {
         const S *dy = dout + n * OC;
         S *dx = dinp + n * IC;
-        for (int32_t i = 0; i < IC; ++i) {
-            S acc = 0;
-            for (int32_t o = 0; o < OC; ++o) acc += dy[o] * w[static_cast<int64_t>(o) * IC + i];
-            dx[i] += acc;
+        for (int32_t o = 0; o < OC; ++o) { // rows of W in order: contiguous, vectorizable
+            const S d = dy[o];
+            const S *wo = w + static_cast<int64_t>(o) * IC;
+#pragma omp simd
+            for (int32_t i = 0; i < IC; ++i) dx[i] += d * wo[i];
         }
     }
 #pragma omp parallel for
@@ -41,6 +45,7 @@ void linear_backward(S *dinp, S *dw, S *dbias, const S *dout, const S *inp, cons
         for (int64_t n = 0; n < N; ++n) {
             const S d = dout[n * OC + o];
             const S *x = inp + n * IC;
+#pragma omp simd
             for (int32_t i = 0; i < IC; ++i) dwo[i] += d * x[i];
             sb += d;
         }

@@ -122,8 +122,37 @@ class OptimConfig(ctypes.Structure):
     ]
 
 
+class SampleConfig(ctypes.Structure):
+    """struct stx_sample_config, field by field."""
+
+    _fields_ = [
+        ("temperature", ctypes.c_double),
+        ("top_k", ctypes.c_int32),
+        ("stop_byte", ctypes.c_int32),
+        ("top_p", ctypes.c_double),
+        ("seed", ctypes.c_uint64),
+    ]
+
+
+class DataInfo(ctypes.Structure):
+    """struct stx_data_info, field by field."""
+
+    _fields_ = [
+        ("n_bytes", ctypes.c_int64),
+        ("record_size", ctypes.c_int64),
+        ("n_records", ctypes.c_int64),
+        ("n_axes", ctypes.c_int32),
+        ("shape", ctypes.c_int32 * MAX_POS_AXES),
+        ("sample_rate", ctypes.c_int32),
+    ]
+
+
 # Opaque handles: only pointers to them cross the boundary.
 class _Model(ctypes.Structure):
+    pass
+
+
+class _Dataset(ctypes.Structure):
     pass
 
 
@@ -133,6 +162,7 @@ class _Layout(ctypes.Structure):
 
 ModelPtr = ctypes.POINTER(_Model)
 LayoutPtr = ctypes.POINTER(_Layout)
+DatasetPtr = ctypes.POINTER(_Dataset)
 LogFn = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
 
 # ---------------------------------------------------------------------- the signatures
@@ -190,6 +220,26 @@ _SIGNATURES = {
     "stx_attention_backward": (_status, [LayoutPtr, ctypes.c_int, _i32, _i32, _i32, _i32, _dbl,
                                          _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp, _vp]),
     "stx_model_set_layer_layout": (_status, [ModelPtr, _i32, LayoutPtr]),
+    "stx_attention_benchmark": (_status, [LayoutPtr, _i32, _i32, _i32, _i32, _i32, _i32, _i32,
+                                          _i32, _P(_dbl), _P(_dbl)]),
+    "stx_model_get_optimizer_v": (_status, [ModelPtr, _P(OptimConfig), _sz, _i32]),
+    "stx_model_set_threads": (_status, [ModelPtr, _i32]),
+    "stx_model_memory": (_status, [ModelPtr, _P(_i64), _P(_i64)]),
+    "stx_model_save": (_status, [ModelPtr, _cp, _cp]),
+    "stx_model_load": (_status, [_cp, _i32, _i32, _P(ModelPtr)]),
+    "stx_model_app_state": (_cp, [ModelPtr]),
+    "stx_dataset_open": (_status, [_cp, ctypes.c_int, _i32, _P(DatasetPtr)]),
+    "stx_dataset_free": (None, [DatasetPtr]),
+    "stx_dataset_info": (_status, [DatasetPtr, _P(DataInfo)]),
+    "stx_dataset_split": (_status, [DatasetPtr, ctypes.c_int, _P(_i64), _P(_i64)]),
+    "stx_dataset_read": (_status, [DatasetPtr, _i64, _vp, _i64]),
+    "stx_dataset_sample": (_status, [DatasetPtr, _i64, _i64, _i32, _i32, _P(_u64),
+                                     _P(ctypes.c_uint8)]),
+    "stx_png_write": (_status, [_cp, _P(ctypes.c_uint8), _i32, _i32, _i32]),
+    "stx_wav_write_mulaw": (_status, [_cp, _P(ctypes.c_uint8), _i64, _i32]),
+    "stx_sample_config_init_v": (_status, [_P(SampleConfig), _sz, _i32]),
+    "stx_sample_v": (_status, [ModelPtr, _P(ctypes.c_uint8), _i32, _i32, _i32, _P(SampleConfig),
+                               _sz, _i32, _P(ctypes.c_uint8), _P(_i32)]),
 }
 
 
@@ -329,6 +379,16 @@ class Model:
         self._last_bt = None  # (B, T) of the last forward/evaluate, for logits()
         self._shapes = None
 
+    @classmethod
+    def load(cls, lib, path, backend=BACKEND_CPU, device=0):
+        """A model from a checkpoint written by save() or sparsetx-train."""
+        self = cls.__new__(cls)
+        self.lib, self._handle, self._last_bt, self._shapes = lib, None, None, None
+        handle = ModelPtr()
+        self._call("stx_model_load", os.fsencode(path), backend, device, ctypes.byref(handle))
+        self._handle = handle
+        return self
+
     # -- lifetime
     def close(self):
         """Free the model (idempotent)."""
@@ -419,6 +479,31 @@ class Model:
             opt = optim_config(self.lib, **fields)
         self._call("stx_model_set_optimizer_v", self.handle, ctypes.byref(opt),
                    ctypes.sizeof(opt), ABI_VERSION)
+
+    def save(self, path, app_state=None):
+        """Write a checkpoint (atomically: a temporary file, fsync, rename)."""
+        self._call("stx_model_save", self.handle, os.fsencode(path),
+                   None if app_state is None else app_state.encode())
+
+    def sample(self, prompts, n_new, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=1,
+               stop_byte=-1):
+        """`batch` samples, each after its prompt (bytes of equal length, one per sample, or
+        one prompt shared by all); returns a list of bytes objects (prompt included)."""
+        if isinstance(prompts, (bytes, bytearray)):
+            prompts = [bytes(prompts)] * batch
+        n_prompt = len(prompts[0]) if prompts else 0
+        sc = SampleConfig()
+        self._call("stx_sample_config_init_v", ctypes.byref(sc), ctypes.sizeof(sc), ABI_VERSION)
+        sc.temperature, sc.top_k, sc.top_p, sc.seed, sc.stop_byte = (
+            temperature, top_k, top_p, seed, stop_byte)
+        flat = (ctypes.c_uint8 * max(1, batch * n_prompt)).from_buffer_copy(
+            b"".join(prompts) or b"\0")
+        out = (ctypes.c_uint8 * (batch * (n_prompt + n_new)))()
+        lengths = (ctypes.c_int32 * batch)()
+        self._call("stx_sample_v", self.handle, flat, n_prompt, n_new, batch, ctypes.byref(sc),
+                   ctypes.sizeof(sc), ABI_VERSION, out, lengths)
+        row = n_prompt + n_new
+        return [bytes(out[b * row:b * row + lengths[b]]) for b in range(batch)]
 
     def step(self):
         """One optimizer step; returns (learning rate used, unclipped gradient norm)."""
