@@ -205,3 +205,24 @@ void stx_cli_fail(const char *prog, const char *fmt, ...) {
     fputc('\n', stderr);
     exit(1);
 }
+
+int stx_cli_parse_device(const char *text, int32_t *backend, int32_t *device) {
+    *device = 0;
+    if (!strcmp(text, "cpu")) {
+        *backend = STX_BACKEND_CPU;
+    } else if (!strcmp(text, "auto")) {
+        *backend = STX_BACKEND_AUTO;
+    } else if (!strcmp(text, "cuda")) {
+        *backend = STX_BACKEND_CUDA;
+    } else if (!strncmp(text, "cuda:", 5)) {
+        char *end = NULL;
+        errno = 0;
+        const long d = strtol(text + 5, &end, 10);
+        if (end == text + 5 || *end || errno || d < 0 || d > 1023) return -1;
+        *backend = STX_BACKEND_CUDA;
+        *device = (int32_t)d;
+    } else {
+        return -1;
+    }
+    return 0;
+}

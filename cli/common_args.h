@@ -98,6 +98,10 @@ int stx_cli_usage_error(const stx_cli *cli, const char *fmt, ...)
 /* The option named `name` of the table (NULL if none), e.g. to ask whether it was seen. */
 const stx_cli_opt *stx_cli_find(const stx_cli *cli, const char *name);
 
+/* "cpu", "cuda", "cuda:N" or "auto" into an stx_backend and a device index; 0 on success,
+ * -1 for anything else. */
+int stx_cli_parse_device(const char *text, int32_t *backend, int32_t *device);
+
 /* Bad input after a failed library call: prints "prog: what: <stx_last_error()>" on stderr
  * and exits with status 1. */
 void stx_cli_die(const char *prog, const char *what) __attribute__((noreturn));

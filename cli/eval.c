@@ -53,27 +53,6 @@ static int app_get(const char *text, const char *key, char *buf, size_t size) {
     return 0;
 }
 
-static int parse_device(const char *text, int32_t *backend, int32_t *device) {
-    *device = 0;
-    if (!strcmp(text, "cpu")) {
-        *backend = STX_BACKEND_CPU;
-    } else if (!strcmp(text, "auto")) {
-        *backend = STX_BACKEND_AUTO;
-    } else if (!strcmp(text, "cuda")) {
-        *backend = STX_BACKEND_CUDA;
-    } else if (!strncmp(text, "cuda:", 5)) {
-        char *end = NULL;
-        errno = 0;
-        const long d = strtol(text + 5, &end, 10);
-        if (end == text + 5 || *end || errno || d < 0 || d > 1023) return -1;
-        *backend = STX_BACKEND_CUDA;
-        *device = (int32_t)d;
-    } else {
-        return -1;
-    }
-    return 0;
-}
-
 /* One window: bytes [start, start + len) of which positions [score_from, len) are scored. */
 typedef struct window {
     int64_t start;
@@ -148,7 +127,7 @@ int main(int argc, char **argv) {
     if ((begin_seen || end_seen) && stx_cli_find(&cli, "split")->seen)
         return stx_cli_usage_error(&cli, "give either --split or --begin/--end, not both");
     int32_t backend = 0, device_index = 0;
-    if (parse_device(device, &backend, &device_index) != 0)
+    if (stx_cli_parse_device(device, &backend, &device_index) != 0)
         return stx_cli_usage_error(&cli, "--device: '%s' is not cpu, cuda, cuda:N or auto", device);
 
     /* -------------------------------------------------- the model */

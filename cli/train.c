@@ -86,28 +86,6 @@ static const char *const kModelOptions[] = {
     "preset",    "layers",  "width",   "heads",    "pattern",   "block",     "ctx",
     "pos-shape", "dropout", "ff-mult", "qk-ratio", "recompute", "precision", "seed"};
 
-/* "cpu", "cuda", "cuda:N" or "auto" into a backend and a device index; 0 on success. */
-static int parse_device(const char *text, int32_t *backend, int32_t *device) {
-    *device = 0;
-    if (!strcmp(text, "cpu")) {
-        *backend = STX_BACKEND_CPU;
-    } else if (!strcmp(text, "auto")) {
-        *backend = STX_BACKEND_AUTO;
-    } else if (!strcmp(text, "cuda")) {
-        *backend = STX_BACKEND_CUDA;
-    } else if (!strncmp(text, "cuda:", 5)) {
-        char *end = NULL;
-        errno = 0;
-        const long d = strtol(text + 5, &end, 10);
-        if (end == text + 5 || *end || errno || d < 0 || d > 1023) return -1;
-        *backend = STX_BACKEND_CUDA;
-        *device = (int32_t)d;
-    } else {
-        return -1;
-    }
-    return 0;
-}
-
 /* "32,32,3" into shape[]; "1d" (or "none", "0") gives 0 axes. -1 when malformed. */
 static int parse_shape(const char *text, int32_t shape[STX_MAX_POS_AXES]) {
     if (!strcmp(text, "1d") || !strcmp(text, "none") || !strcmp(text, "0")) return 0;
@@ -371,7 +349,7 @@ static int build_config(stx_cli *cli, const options *o, const stx_data_info *inf
     }
     cfg->n_threads = o->threads;
     int32_t backend = 0, device = 0;
-    if (parse_device(o->device, &backend, &device) != 0)
+    if (stx_cli_parse_device(o->device, &backend, &device) != 0)
         return stx_cli_usage_error(cli, "--device: '%s' is not cpu, cuda, cuda:N or auto",
                                    o->device);
     cfg->backend = backend;
@@ -542,7 +520,7 @@ int main(int argc, char **argv) {
                                            "comes from the checkpoint)",
                                            kModelOptions[i]);
         int32_t backend = 0, device = 0;
-        if (parse_device(o->device, &backend, &device) != 0)
+        if (stx_cli_parse_device(o->device, &backend, &device) != 0)
             return stx_cli_usage_error(&cli, "--device: '%s' is not cpu, cuda, cuda:N or auto",
                                        o->device);
         if (stx_model_load(o->resume, backend, device, &r.model) != STX_OK)

@@ -16,6 +16,7 @@
 
 #include "error.h"
 #include "model_handle.h"
+#include "out_file.h"
 
 namespace {
 
@@ -39,46 +40,11 @@ void put_chunk(std::vector<uint8_t> &v, const char type[4], const uint8_t *data,
     put32(v, static_cast<uint32_t>(crc));
 }
 
-class OutFile {
-public:
-    explicit OutFile(const char *path) : path_(path), f_(std::fopen(path, "wb")) {}
-    OutFile(const OutFile &) = delete;
-    OutFile &operator=(const OutFile &) = delete;
-    ~OutFile() {
-        if (f_) { // not closed explicitly: an error path; drop the partial file
-            std::fclose(f_);
-            drop_partial();
-        }
-    }
-    FILE *get() const { return f_; }
-    // fclose; 0 or errno. On failure the partial file is removed.
-    int close() {
-        FILE *f = f_;
-        f_ = nullptr;
-        if (std::fclose(f) != 0) {
-            const int err = errno ? errno : EIO;
-            drop_partial();
-            return err;
-        }
-        return 0;
-    }
-
-private:
-    // Removes what was written, but only a regular file (never a device such as /dev/full).
-    void drop_partial() const {
-        struct stat st;
-        if (lstat(path_, &st) == 0 && S_ISREG(st.st_mode)) unlink(path_);
-    }
-
-    const char *path_;
-    FILE *f_;
-};
-
 // Writes n bytes to path (created or truncated): STX_ERR_IO naming fn, the path and the OS
 // error on failure.
 stx_status write_whole_file(const char *fn, const char *path, const uint8_t *data, size_t n) {
     errno = 0;
-    OutFile out(path);
+    stx::OutFile out(path);
     if (!out.get())
         return fail(STX_ERR_IO, "%s: cannot open %s for writing: %s", fn, path,
                     std::strerror(errno));

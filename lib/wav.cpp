@@ -17,6 +17,7 @@
 #include "error.h"
 #include "model_handle.h"
 #include "mulaw.h"
+#include "out_file.h"
 
 namespace {
 
@@ -26,41 +27,6 @@ using stx::guarded;
 void put_le(uint8_t *p, uint32_t x, int bytes) {
     for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(x >> (8 * i));
 }
-
-class OutFile {
-public:
-    explicit OutFile(const char *path) : path_(path), f_(std::fopen(path, "wb")) {}
-    OutFile(const OutFile &) = delete;
-    OutFile &operator=(const OutFile &) = delete;
-    ~OutFile() {
-        if (f_) { // not closed explicitly: an error path; drop the partial file
-            std::fclose(f_);
-            drop_partial();
-        }
-    }
-    FILE *get() const { return f_; }
-    // fclose; 0 or errno. On failure the partial file is removed.
-    int close() {
-        FILE *f = f_;
-        f_ = nullptr;
-        if (std::fclose(f) != 0) {
-            const int err = errno ? errno : EIO;
-            drop_partial();
-            return err;
-        }
-        return 0;
-    }
-
-private:
-    // Removes what was written, but only a regular file (never a device such as /dev/full).
-    void drop_partial() const {
-        struct stat st;
-        if (lstat(path_, &st) == 0 && S_ISREG(st.st_mode)) unlink(path_);
-    }
-
-    const char *path_;
-    FILE *f_;
-};
 
 } // namespace
 
@@ -102,7 +68,7 @@ STX_API stx_status stx_wav_write_mulaw(const char *path, const uint8_t *mulaw, i
         put_le(h + 40, data_bytes, 4);
 
         errno = 0;
-        OutFile out(path);
+        stx::OutFile out(path);
         if (!out.get())
             return fail(STX_ERR_IO, "%s: cannot open %s for writing: %s", fn, path,
                         std::strerror(errno));
