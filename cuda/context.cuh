@@ -24,7 +24,7 @@ struct Context {
     cudaStream_t stream = nullptr;
     cublasHandle_t cublas = nullptr;
     stx_status err = STX_OK;
-    int64_t in_use = 0, peak = 0;
+    int64_t in_use = 0, peak = 0, limit = 0;                   // limit 0: none
     std::map<uint64_t, std::shared_ptr<DeviceLayout>> layouts; // by Layout::id
     DeviceBuffer<float> scratch;                               // attention passes, partial sums
     DeviceBuffer<uint8_t> cast_scratch;                        // bf16 copies of matrix operands

@@ -86,6 +86,7 @@ public:
     stx_status status() const;
     int64_t bytes_in_use() const;
     int64_t bytes_peak() const;
+    void set_memory_limit(int64_t bytes);
     void synchronize() const;
 
     void embedding_forward(float *out, const uint8_t *tokens, const float *tok, const float *start,

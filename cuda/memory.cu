@@ -41,6 +41,14 @@ bool Context::check_blas(cublasStatus_t s, const char *what, const char *file, i
 void *device_alloc(Context *ctx, size_t bytes) {
     if (!ctx->ok()) return nullptr;
     if (bytes == 0) bytes = 1;
+    if (ctx->limit > 0 && ctx->in_use + static_cast<int64_t>(bytes) > ctx->limit) {
+        ctx->err = STX_ERR_OUT_OF_MEMORY;
+        fail(STX_ERR_OUT_OF_MEMORY,
+             "CUDA device %d: the memory limit (%lld bytes) refuses %zu more bytes (%lld in use)",
+             ctx->device, static_cast<long long>(ctx->limit), bytes,
+             static_cast<long long>(ctx->in_use));
+        return nullptr;
+    }
     void *p = nullptr;
     cudaError_t e = cudaMallocAsync(&p, bytes, ctx->stream);
     if (e != cudaSuccess) {
@@ -211,6 +219,9 @@ int64_t CudaOps::bytes_in_use() const {
 }
 int64_t CudaOps::bytes_peak() const {
     return ctx_->peak;
+}
+void CudaOps::set_memory_limit(int64_t bytes) {
+    ctx_->limit = bytes;
 }
 void CudaOps::synchronize() const {
     if (ctx_->ok()) STX_CUDA_CHECK(ctx_, cudaStreamSynchronize(ctx_->stream));

@@ -294,6 +294,13 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
 STX_API stx_status stx_model_get_dropout_counter(const stx_model *model, uint64_t *counter);
 STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t counter);
 
+/* Bound the backend memory the model may hold (as counted by stx_model_memory) to `bytes`;
+ * 0 removes the bound. A call that would need more (a forward on a larger batch, the first
+ * optimizer step's Adam moments) fails with STX_ERR_OUT_OF_MEMORY naming the bytes asked for,
+ * held and allowed; on the CPU the model stays usable with smaller batches, on CUDA a failed
+ * allocation is recorded like a device error: free the model after one. */
+STX_API stx_status stx_model_set_memory_limit(stx_model *model, int64_t bytes);
+
 /* CPU threads for this model's work from now on (0 = OpenMP's default); a loaded model keeps
  * the count it was saved with until this is called. */
 STX_API stx_status stx_model_set_threads(stx_model *model, int32_t n_threads);

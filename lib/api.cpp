@@ -506,6 +506,17 @@ STX_API stx_status stx_model_get_optimizer_v(const stx_model *model, stx_optim_c
     return STX_OK;
 }
 
+STX_API stx_status stx_model_set_memory_limit(stx_model *model, int64_t bytes) {
+    stx_status st = check_model(model, "stx_model_set_memory_limit");
+    if (st != STX_OK) return st;
+    if (bytes < 0)
+        return fail(STX_ERR_INVALID_ARGUMENT,
+                    "stx_model_set_memory_limit: bytes (%lld) must be >= 0 (0: no limit)",
+                    static_cast<long long>(bytes));
+    model->backend->set_memory_limit(bytes);
+    return STX_OK;
+}
+
 STX_API stx_status stx_model_memory(const stx_model *model, int64_t *bytes_in_use,
                                     int64_t *bytes_peak) {
     stx_status st = check_model(model, "stx_model_memory");

@@ -55,6 +55,8 @@ public:
     virtual void set_layer_layout(int32_t layer, std::shared_ptr<const Layout> layout) = 0;
     // Bytes of backend memory held now and at most so far (host for ref/, device for cuda/).
     virtual void memory(int64_t *in_use, int64_t *peak) const = 0;
+    // Refuse any allocation that would take the backend past `bytes` (0: no limit).
+    virtual void set_memory_limit(int64_t bytes) = 0;
 };
 
 // The CPU reference backend (ref/model.cpp), float or double per spec.cfg.precision.

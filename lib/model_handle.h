@@ -42,6 +42,8 @@ namespace stx {
 template <typename F> stx_status guarded(const char *fn, F &&f) {
     try {
         return f();
+    } catch (const MemoryLimitError &e) {
+        return fail(STX_ERR_OUT_OF_MEMORY, "%s: %s", fn, e.message);
     } catch (const std::bad_alloc &) {
         return fail(STX_ERR_OUT_OF_MEMORY, "%s: out of host memory", fn);
     } catch (const std::exception &e) {

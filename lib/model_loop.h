@@ -13,9 +13,9 @@
 // The Ops policy provides: Scalar; Buffer (owns Scalars: data(), size()) and Bytes (owns
 // bytes: data()); alloc(Buffer&, n) zero-filled; zero(Buffer&); upload_bytes(Bytes&, host, n);
 // copy_in(Scalar *dst, n, dtype, host src) and copy_out(src, n, dtype, host dst); mean(x, n)
-// and sum_squares(x, n) in double; status(); bytes_in_use() and bytes_peak(); and every op of
-// ref/ops.h under the same name with the same arguments (device pointers where the backend is a
-// device).
+// and sum_squares(x, n) in double; status(); bytes_in_use(), bytes_peak() and
+// set_memory_limit(bytes); and every op of ref/ops.h under the same name with the same arguments
+// (device pointers where the backend is a device).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -152,6 +152,8 @@ public:
         spec_.layer_layouts[static_cast<size_t>(layer)] = std::move(layout);
     }
 
+    void set_memory_limit(int64_t bytes) override { ops_.set_memory_limit(bytes); }
+
     void memory(int64_t *in_use, int64_t *peak) const override {
         *in_use = ops_.bytes_in_use();
         *peak = ops_.bytes_peak();
@@ -194,13 +196,13 @@ private:
 
     void resize(int32_t B, int32_t T) {
         if (B == B_ && T == T_) return;
-        B_ = B;
-        T_ = T;
+        // The shape is recorded only once every buffer has it: an allocation refused half-way
+        // (a memory limit) leaves a model that resizes again on the next call.
+        B_ = T_ = 0;
         const size_t N = static_cast<size_t>(B) * T, C = static_cast<size_t>(d_.C);
         const size_t QK = static_cast<size_t>(d_.QK), F = static_cast<size_t>(d_.F);
         ops_.alloc(xs_, (static_cast<size_t>(d_.L) + 1) * N * C);
-        acts_.clear();
-        acts_.resize(spec_.cfg.recompute ? 1 : static_cast<size_t>(d_.L));
+        acts_.resize(spec_.cfg.recompute ? 1 : static_cast<size_t>(d_.L)); // alloc resizes each
         for (BlockActs &a : acts_) {
             for (Buf *v : {&a.h1, &a.att, &a.p, &a.x2, &a.h2, &a.v, &a.f2}) ops_.alloc(*v, N * C);
             for (Buf *v : {&a.q, &a.k}) ops_.alloc(*v, N * QK);
@@ -218,6 +220,8 @@ private:
             ops_.alloc(*v, N * C);
         for (Buf *v : {&dq_, &dk_}) ops_.alloc(*v, N * QK);
         for (Buf *v : {&dg_, &df1_}) ops_.alloc(*v, N * F);
+        B_ = B;
+        T_ = T;
     }
 
     void block_forward(int32_t l, BlockActs &a, const S *x, S *x_out) {

@@ -1,9 +1,11 @@
 // model.cpp: the CPU reference backend: the one layer loop (lib/model_loop.h) over the
 // ref/ ops, on host memory, in float or double.
+#include <cstdio>
 #include <cstring>
 #include <vector>
 
 #include "backend.h"
+#include "error.h"
 #include "model_loop.h"
 #include "ops.h"
 
@@ -17,8 +19,17 @@ template <typename S> struct RefOps {
     using Bytes = std::vector<uint8_t>;
 
     void alloc(Buffer &b, size_t n) {
-        in_use_ += (static_cast<int64_t>(n) - static_cast<int64_t>(b.size())) *
-                   static_cast<int64_t>(sizeof(S));
+        const int64_t delta = (static_cast<int64_t>(n) - static_cast<int64_t>(b.size())) *
+                              static_cast<int64_t>(sizeof(S));
+        if (limit_ > 0 && delta > 0 && in_use_ + delta > limit_) {
+            MemoryLimitError e;
+            std::snprintf(e.message, sizeof e.message,
+                          "the memory limit (%lld bytes) refuses %lld more bytes (%lld in use)",
+                          static_cast<long long>(limit_), static_cast<long long>(delta),
+                          static_cast<long long>(in_use_));
+            throw e;
+        }
+        in_use_ += delta;
         if (in_use_ > peak_) peak_ = in_use_;
         b.assign(n, S(0));
     }
@@ -46,6 +57,7 @@ template <typename S> struct RefOps {
     stx_status status() const { return STX_OK; }
     int64_t bytes_in_use() const { return in_use_; }
     int64_t bytes_peak() const { return peak_; }
+    void set_memory_limit(int64_t bytes) { limit_ = bytes; }
 
     template <typename... A> void embedding_forward(A... a) { ref::embedding_forward<S>(a...); }
     template <typename... A> void embedding_backward(A... a) { ref::embedding_backward<S>(a...); }
@@ -79,7 +91,7 @@ template <typename S> struct RefOps {
     }
     template <typename... A> void adamw_update(A... a) { ref::adamw_update<S>(a...); }
 
-    int64_t in_use_ = 0, peak_ = 0; // the buffers' bytes (vectors the loop allocates)
+    int64_t in_use_ = 0, peak_ = 0, limit_ = 0; // the loop's buffers' bytes; 0: no limit
 };
 
 } // namespace

@@ -294,12 +294,40 @@ static void test_overfit_short_string(void **state) {
     stx_model_free(m);
 }
 
+/* A memory limit refuses a larger batch with the bytes named; the model keeps working. */
+static void test_memory_limit(void **state) {
+    (void)state;
+    const model_case *mc = &cases[4];
+    stx_model *m = make_model(mc, 1, 0.0f);
+    uint8_t tokens[8 * 20];
+    stx_test_rng rng = {12};
+    stx_test_fill_bytes(&rng, tokens, sizeof tokens);
+    double small = 0, again = 0;
+    CHECK_OK(stx_forward(m, tokens, 1, 20, &small));
+    int64_t in_use = 0, peak = 0;
+    CHECK_OK(stx_model_memory(m, &in_use, &peak));
+    assert_true(in_use > 0 && peak >= in_use);
+    CHECK_OK(stx_model_set_memory_limit(m, in_use + 1024));
+    stx_clear_error();
+    assert_int_equal(stx_forward(m, tokens, 8, 20, NULL), STX_ERR_OUT_OF_MEMORY);
+    assert_non_null(strstr(stx_last_error(), "memory limit"));
+    CHECK_OK(stx_forward(m, tokens, 1, 20, &again)); /* smaller batches still run */
+    assert_true(again == small);
+    CHECK_OK(stx_zero_grad(m));
+    CHECK_OK(stx_backward(m));
+    CHECK_OK(stx_model_set_memory_limit(m, 0));
+    CHECK_OK(stx_forward(m, tokens, 8, 20, NULL));
+    assert_int_equal(stx_model_set_memory_limit(m, -1), STX_ERR_INVALID_ARGUMENT);
+    stx_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_gradients_every_pattern),
         cmocka_unit_test(test_recompute_identical),
         cmocka_unit_test(test_microbatches_accumulate),
         cmocka_unit_test(test_overfit_short_string),
+        cmocka_unit_test(test_memory_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -225,6 +225,7 @@ _SIGNATURES = {
     "stx_model_get_optimizer_v": (_status, [ModelPtr, _P(OptimConfig), _sz, _i32]),
     "stx_model_set_threads": (_status, [ModelPtr, _i32]),
     "stx_model_memory": (_status, [ModelPtr, _P(_i64), _P(_i64)]),
+    "stx_model_set_memory_limit": (_status, [ModelPtr, _i64]),
     "stx_model_save": (_status, [ModelPtr, _cp, _cp]),
     "stx_model_load": (_status, [_cp, _i32, _i32, _P(ModelPtr)]),
     "stx_model_app_state": (_cp, [ModelPtr]),
