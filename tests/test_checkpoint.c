@@ -14,6 +14,7 @@
  */
 #define _XOPEN_SOURCE 700 /* mkdtemp, nftw under -std=c99 */
 #include "harness.h"
+#include "model_fixtures.h"
 
 #include <sparsetx.h>
 #include <string.h>
@@ -21,12 +22,6 @@
 #include <unistd.h>
 
 #include <ftw.h>
-
-#define CHECK_OK(call)                                                                             \
-    do {                                                                                           \
-        stx_status st_ = (call);                                                                   \
-        if (st_ != STX_OK) fail_msg("%s -> %d: %s", #call, (int)st_, stx_last_error());            \
-    } while (0)
 
 /* The call must give status `want`, *out NULL, and a message naming `path`. */
 #define EXPECT_LOAD_FAILS(want, path, fragment)                                                    \
@@ -87,21 +82,7 @@ static void set_schedule(stx_model *m) {
 
 /* Fresh random values in every parameter tensor (W_out starts at zero otherwise). */
 static void randomize(stx_model *m, uint64_t seed) {
-    stx_test_rng rng = {seed};
-    int32_t n = 0;
-    CHECK_OK(stx_param_count(m, &n));
-    for (int32_t i = 0; i < n; ++i) {
-        const char *name;
-        int32_t ndim;
-        int64_t shape[STX_MAX_DIMS], numel = 1;
-        CHECK_OK(stx_param_info(m, i, &name, &ndim, shape));
-        for (int32_t d = 0; d < ndim; ++d) numel *= shape[d];
-        double *v = malloc((size_t)numel * sizeof *v);
-        assert_non_null(v);
-        stx_test_fill(&rng, v, (size_t)numel, 0.3);
-        CHECK_OK(stx_param_write(m, name, STX_DTYPE_F64, v, (size_t)numel));
-        free(v);
-    }
+    stx_test_randomize(&m, 1, seed, 0.3);
 }
 
 /* One optimizer step on the batch of global step `index` (the same bytes in every run). */

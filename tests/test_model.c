@@ -8,16 +8,11 @@
  *  - a tiny model overfits a short byte string.
  */
 #include "harness.h"
+#include "model_fixtures.h"
 
 #include <math.h>
 #include <sparsetx.h>
 #include <string.h>
-
-#define CHECK_OK(call)                                                                             \
-    do {                                                                                           \
-        stx_status st_ = (call);                                                                   \
-        if (st_ != STX_OK) fail_msg("%s -> %d: %s", #call, (int)st_, stx_last_error());            \
-    } while (0)
 
 typedef struct model_case {
     const char *name;
@@ -60,45 +55,8 @@ static stx_model *make_model(const model_case *mc, int32_t recompute, float drop
     strcpy(cfg.pattern, mc->pattern);
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
-    if (mc->user_layout_layer >= 0) {
-        /* A random causal block layout with the diagonal, different per head. */
-        int32_t nb = (mc->n_ctx + mc->block_size - 1) / mc->block_size;
-        uint8_t *blocks = calloc((size_t)mc->n_head * nb * nb, 1);
-        stx_test_rng rng = {99};
-        for (int32_t h = 0; h < mc->n_head; ++h)
-            for (int32_t i = 0; i < nb; ++i)
-                for (int32_t j = 0; j <= i; ++j)
-                    blocks[((size_t)h * nb + i) * nb + j] =
-                        (uint8_t)(i == j || stx_test_uniform(&rng) > 0.0);
-        stx_layout *lay = NULL;
-        CHECK_OK(
-            stx_layout_create_from_blocks(mc->n_ctx, mc->n_head, mc->block_size, blocks, &lay));
-        CHECK_OK(stx_model_set_layer_layout(m, mc->user_layout_layer, lay));
-        stx_layout_free(lay);
-        free(blocks);
-    }
+    if (mc->user_layout_layer >= 0) stx_test_user_layout(m, mc->user_layout_layer, 99);
     return m;
-}
-
-/* Fresh random values in every tensor, W_out and LayerNorm gains included (at init W_out is
- * zero and every other gradient would vanish, so a comparison would pass vacuously). */
-static void randomize(stx_model *m, uint64_t seed) {
-    stx_test_rng rng = {seed};
-    int32_t n = 0;
-    CHECK_OK(stx_param_count(m, &n));
-    for (int32_t i = 0; i < n; ++i) {
-        const char *name;
-        int32_t ndim;
-        int64_t shape[STX_MAX_DIMS], numel = 1;
-        CHECK_OK(stx_param_info(m, i, &name, &ndim, shape));
-        for (int32_t d = 0; d < ndim; ++d) numel *= shape[d];
-        double *v = malloc((size_t)numel * sizeof *v);
-        stx_test_fill(&rng, v, (size_t)numel, 0.5);
-        if (strstr(name, ".g")) /* gains near 1 keep LayerNorm well conditioned */
-            for (int64_t e = 0; e < numel; ++e) v[e] += 1.0;
-        CHECK_OK(stx_param_write(m, name, STX_DTYPE_F64, v, (size_t)numel));
-        free(v);
-    }
 }
 
 static double loss_at(stx_model *m, const uint8_t *tokens, int32_t B, int32_t T, uint64_t counter) {
@@ -114,7 +72,7 @@ static void check_model_gradients(const model_case *mc) {
     const uint64_t counter = 5;
     const double eps = 1e-5, bound = 1e-6;
     stx_model *m = make_model(mc, 1, 0.25f);
-    randomize(m, 1234);
+    stx_test_randomize(&m, 1, 1234, 0.5);
     uint8_t tokens[2 * 64];
     stx_test_rng rng = {4321};
     stx_test_fill_bytes(&rng, tokens, (size_t)(B * T));
@@ -209,7 +167,7 @@ static void test_recompute_identical(void **state) {
         stx_test_fill_bytes(&rng, tokens, sizeof tokens);
         for (int r = 0; r < 2; ++r) {
             stx_model *m = make_model(&cases[c], r, 0.3f);
-            randomize(m, 999);
+            stx_test_randomize(&m, 1, 999, 0.5);
             loss[r] = loss_at(m, tokens, 2, cases[c].T, 3);
             CHECK_OK(stx_zero_grad(m));
             CHECK_OK(stx_backward(m));
@@ -231,7 +189,7 @@ static void test_microbatches_accumulate(void **state) {
     (void)state;
     const model_case *mc = &cases[4];
     stx_model *m = make_model(mc, 1, 0.0f);
-    randomize(m, 31);
+    stx_test_randomize(&m, 1, 31, 0.5);
     uint8_t a[2 * 20], b[2 * 20];
     stx_test_rng rng = {8};
     stx_test_fill_bytes(&rng, a, sizeof a);

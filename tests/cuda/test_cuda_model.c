@@ -9,16 +9,11 @@
  * Without a GPU the test says so and exits 77.
  */
 #include "harness.h"
+#include "model_fixtures.h"
 
 #include <math.h>
 #include <sparsetx.h>
 #include <string.h>
-
-#define CHECK_OK(call)                                                                             \
-    do {                                                                                           \
-        stx_status st_ = (call);                                                                   \
-        if (st_ != STX_OK) fail_msg("%s -> %d: %s", #call, (int)st_, stx_last_error());            \
-    } while (0)
 
 typedef struct model_case {
     const char *name;
@@ -59,49 +54,14 @@ static stx_model *make(const model_case *mc, int32_t backend, int32_t precision,
     strcpy(cfg.pattern, mc->pattern);
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
-    if (mc->user_layout_layer >= 0) {
-        int32_t nb = (mc->n_ctx + mc->block_size - 1) / mc->block_size;
-        uint8_t *blocks = calloc((size_t)mc->n_head * nb * nb, 1);
-        stx_test_rng rng = {17};
-        for (int32_t h = 0; h < mc->n_head; ++h)
-            for (int32_t i = 0; i < nb; ++i)
-                for (int32_t j = 0; j <= i; ++j)
-                    blocks[((size_t)h * nb + i) * nb + j] =
-                        (uint8_t)(i == j || stx_test_uniform(&rng) > 0.0);
-        stx_layout *lay = NULL;
-        CHECK_OK(
-            stx_layout_create_from_blocks(mc->n_ctx, mc->n_head, mc->block_size, blocks, &lay));
-        CHECK_OK(stx_model_set_layer_layout(m, mc->user_layout_layer, lay));
-        stx_layout_free(lay);
-        free(blocks);
-    }
+    if (mc->user_layout_layer >= 0) stx_test_user_layout(m, mc->user_layout_layer, 17);
     return m;
-}
-
-static int64_t numel_of(stx_model *m, int32_t i, const char **name) {
-    int32_t ndim;
-    int64_t shape[STX_MAX_DIMS], n = 1;
-    CHECK_OK(stx_param_info(m, i, name, &ndim, shape));
-    for (int32_t d = 0; d < ndim; ++d) n *= shape[d];
-    return n;
 }
 
 /* The same fresh random weights in both models (W_out and the gains included). */
 static void randomize_both(stx_model *a, stx_model *b, uint64_t seed) {
-    stx_test_rng rng = {seed};
-    int32_t n = 0;
-    CHECK_OK(stx_param_count(a, &n));
-    for (int32_t i = 0; i < n; ++i) {
-        const char *name;
-        int64_t numel = numel_of(a, i, &name);
-        float *v = malloc((size_t)numel * sizeof *v);
-        stx_test_fill_f(&rng, v, (size_t)numel, 0.3);
-        if (strstr(name, ".g")) /* gains near 1 */
-            for (int64_t e = 0; e < numel; ++e) v[e] += 1.0f;
-        CHECK_OK(stx_param_write(a, name, STX_DTYPE_F32, v, (size_t)numel));
-        CHECK_OK(stx_param_write(b, name, STX_DTYPE_F32, v, (size_t)numel));
-        free(v);
-    }
+    stx_model *both[2] = {a, b};
+    stx_test_randomize(both, 2, seed, 0.3);
 }
 
 /* Per-tensor relative L2 error ||a - b|| / ||b||. */
@@ -125,7 +85,7 @@ static void compare_tensors(stx_model *gpu, stx_model *cpu, const char *label, i
     CHECK_OK(stx_param_count(cpu, &n));
     for (int32_t i = 0; i < n; ++i) {
         const char *name;
-        int64_t numel = numel_of(cpu, i, &name);
+        int64_t numel = stx_test_numel(cpu, i, &name);
         double *a = malloc((size_t)numel * sizeof *a), *b = malloc((size_t)numel * sizeof *b);
         if (grads) {
             CHECK_OK(stx_grad_read(gpu, name, STX_DTYPE_F64, a, (size_t)numel));
@@ -238,7 +198,7 @@ static void test_deterministic_and_memory(void **state) {
         CHECK_OK(stx_param_count(m, &n));
         for (int32_t i = 0; i < n; ++i) {
             const char *name;
-            int64_t numel = numel_of(m, i, &name);
+            int64_t numel = stx_test_numel(m, i, &name);
             CHECK_OK(stx_grad_read(m, name, STX_DTYPE_F32, (float *)g[r] + at, (size_t)numel));
             at += (size_t)numel;
         }
