@@ -10,14 +10,19 @@
  * Conventions
  *  - Every fallible call returns an stx_status: 0 is success, negative values are errors.
  *    stx_last_error() then gives a detailed message for the calling thread, naming the
- *    argument or field that was wrong. The library never aborts, exits or prints.
- *  - Objects are opaque handles with create/free pairs; free(NULL) is a no-op.
+ *    argument or field that was wrong. Positive values are normal but notable outcomes
+ *    (STX_STEP_SKIPPED), with a message too. The library never aborts, exits or prints.
+ *  - Objects are opaque handles with create/free pairs; free(NULL) is a no-op. A model or
+ *    layout handle that was freed, or never made by the library, is refused with
+ *    STX_ERR_INVALID_ARGUMENT ("not a live model"), and freeing one twice is a no-op: the
+ *    library checks handles against its registry of live ones, never by reading them.
  *  - Structs passed by pointer are versioned: the *_v functions take the caller's
  *    sizeof(struct) and STX_ABI_VERSION, and refuse a mismatch with STX_ERR_VERSION.
  *    C callers use the macros without _v; FFI callers call the _v functions.
  *  - Thread safety: a model is confined to one thread at a time (calls on one model must
- *    not overlap); different models may be used from different threads at once.
- *    stx_last_error() is thread-local.
+ *    not overlap; nothing detects an overlap); different models may be used from different
+ *    threads at once and give the same results as one after the other. stx_last_error() is
+ *    thread-local. stx_log_set is process-wide: call it before creating models.
  *  - Shapes are written [B, T, C]: batch, time (bytes), channels. Arrays are row-major.
  */
 #ifndef SPARSETX_H
@@ -77,6 +82,8 @@ typedef enum stx_status {
     STX_ERR_DEVICE = -7,           /* a CUDA error; the message has CUDA's text */
     STX_ERR_STATE = -8,            /* calls in the wrong order (backward before forward) */
     STX_ERR_INTERNAL = -9,         /* a bug in sparsetx; please report it */
+    STX_STEP_SKIPPED = 1,          /* stx_optimizer_step: the global gradient norm was not
+                                      finite (NaN or Inf); nothing was changed */
     STX_STATUS_RANGE = 0x7fffffff  /* not a status: makes any int32 a valid value (FFI) */
 } stx_status;
 
@@ -285,7 +292,13 @@ STX_API stx_status stx_model_get_optimizer_v(const stx_model *model, stx_optim_c
  * scaled by min(1, clip / (global_norm + 1e-6)) (the stored gradients are not changed and
  * not cleared), decoupled weight decay on matrices (p -= lr * wd * p), then Adam. t then
  * advances by one. *lr_used and *grad_norm (may be NULL) get the rate and the unclipped
- * global gradient norm. STX_ERR_STATE when no backward ran since the last step. */
+ * global gradient norm. STX_ERR_STATE when no backward ran since the last step.
+ * When the global gradient norm is not finite (a NaN or Inf in any gradient) the step is
+ * skipped: it returns STX_STEP_SKIPPED (positive, not an error) with a message, the weights,
+ * the Adam moments and t are left exactly as they were, *grad_norm gets the NaN or Inf and
+ * *lr_used the rate the step would have used. As after a step, the gradients are left in
+ * place and the next step needs a new stx_forward and stx_backward (after stx_zero_grad);
+ * a trainer counts the skip and goes on with the next batch. */
 STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double *grad_norm);
 
 /* The dropout counter: the masks of the next training stx_forward are drawn at this value

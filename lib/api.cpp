@@ -11,6 +11,7 @@
 #include "backend.h"
 #include "config.h"
 #include "error.h"
+#include "handles.h"
 #include "layout.h"
 #include "model_handle.h"
 #include "ops.h"
@@ -135,6 +136,21 @@ void use_threads(const stx_model *m) {
 
 stx_status check_model(const stx_model *m, const char *fn) {
     if (!m) return fail(STX_ERR_INVALID_ARGUMENT, "%s: model is NULL", fn);
+    if (!handle_live(m))
+        return fail(STX_ERR_INVALID_ARGUMENT,
+                    "%s: model %p is not a live model (freed, or not made by stx_model_create or "
+                    "stx_model_load)",
+                    fn, static_cast<const void *>(m));
+    return STX_OK;
+}
+
+stx_status check_layout(const stx_layout *layout, const char *fn) {
+    if (!layout) return fail(STX_ERR_INVALID_ARGUMENT, "%s: layout is NULL", fn);
+    if (!handle_live(layout))
+        return fail(STX_ERR_INVALID_ARGUMENT,
+                    "%s: layout %p is not a live layout (freed, or not made by "
+                    "stx_layout_create or stx_layout_create_from_blocks)",
+                    fn, static_cast<const void *>(layout));
     return STX_OK;
 }
 
@@ -181,6 +197,7 @@ stx_status create_model(const stx_config &cfg, stx_model **out) {
     if (s != STX_OK) return stx::fail_context(s, "stx_model_create");
     stx_optim_config_init(&m->optim);
     *out = m.release();
+    handle_register(*out);
     return STX_OK;
 }
 
@@ -309,7 +326,7 @@ STX_API stx_status stx_model_create_v(const stx_config *cfg, size_t cfg_size, in
 }
 
 STX_API void stx_model_free(stx_model *model) {
-    delete model;
+    if (model && stx::handle_unregister(model)) delete model; // a second free is a no-op
 }
 
 STX_API stx_status stx_model_get_config_v(const stx_model *model, stx_config *cfg, size_t cfg_size,
@@ -457,6 +474,20 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
         if (s != STX_OK) return s;
         const stx_optim_config &o = model->optim;
         const double lr = stx_optim_lr_at(&o, model->step);
+        if (!std::isfinite(norm)) {
+            // A NaN or Inf anywhere in the gradients: no update at all (weights, Adam moments
+            // and the step count stay as they are). The gradients are consumed as by a step,
+            // so the next step needs a new forward and backward.
+            model->grads_pending = false;
+            model->forward_ready = false;
+            if (lr_used) *lr_used = lr;
+            if (grad_norm) *grad_norm = norm;
+            return fail(STX_STEP_SKIPPED,
+                        "stx_optimizer_step: the gradient norm is %g (not finite): step "
+                        "skipped, weights and optimizer state unchanged (the model stays at "
+                        "step %lld)",
+                        norm, static_cast<long long>(model->step));
+        }
         const double scale = o.grad_clip > 0.0 ? std::fmin(1.0, o.grad_clip / (norm + 1e-6)) : 1.0;
         if ((s = model->backend->adamw_step(o, lr, scale, model->step + 1)) != STX_OK) return s;
         ++model->step;
@@ -619,6 +650,7 @@ STX_API stx_status stx_layout_create(const char *pattern, int32_t n_ctx, int32_t
         if ((st = stx::build_layout(lp, n_ctx, n_head, block_size, lay.get())) != STX_OK)
             return stx::fail_context(st, "stx_layout_create");
         *out = new stx_layout{lay};
+        stx::handle_register(*out);
         return STX_OK;
     });
 }
@@ -632,24 +664,26 @@ STX_API stx_status stx_layout_create_from_blocks(int32_t n_ctx, int32_t n_head, 
         stx_status st = stx::build_layout_from_blocks(n_ctx, n_head, block_size, blocks, lay.get());
         if (st != STX_OK) return stx::fail_context(st, "stx_layout_create_from_blocks");
         *out = new stx_layout{lay};
+        stx::handle_register(*out);
         return STX_OK;
     });
 }
 
 STX_API void stx_layout_free(stx_layout *layout) {
-    delete layout;
+    if (layout && stx::handle_unregister(layout)) delete layout; // a second free is a no-op
 }
 
 STX_API int32_t stx_layout_allows(const stx_layout *layout, int32_t head, int64_t q, int64_t k) {
-    if (!layout || head < 0 || head >= layout->layout->n_head || q < 0 ||
-        q >= layout->layout->n_ctx || k < 0 || k > q)
+    if (!layout || !stx::handle_live(layout) || head < 0 || head >= layout->layout->n_head ||
+        q < 0 || q >= layout->layout->n_ctx || k < 0 || k > q)
         return 0;
     return layout->layout->allows(head, q, k) ? 1 : 0;
 }
 
 STX_API stx_status stx_layout_stats(const stx_layout *layout, int32_t head, int64_t *n_blocks,
                                     int64_t *n_pairs) {
-    if (!layout) return fail(STX_ERR_INVALID_ARGUMENT, "stx_layout_stats: layout is NULL");
+    stx_status st = stx::check_layout(layout, "stx_layout_stats");
+    if (st != STX_OK) return st;
     if (head < 0 || head >= layout->layout->n_head)
         return fail(STX_ERR_INVALID_ARGUMENT, "stx_layout_stats: head (%d) must be in [0, %d)",
                     head, layout->layout->n_head);
@@ -664,7 +698,7 @@ STX_API stx_status stx_layout_stats(const stx_layout *layout, int32_t head, int6
 
 static stx_status check_attention(const char *fn, const stx_layout *layout, stx_dtype dtype,
                                   int32_t B, int32_t T, int32_t Dqk, int32_t Dv, double scale) {
-    if (!layout) return fail(STX_ERR_INVALID_ARGUMENT, "%s: layout is NULL", fn);
+    if (stx::check_layout(layout, fn) != STX_OK) return STX_ERR_INVALID_ARGUMENT;
     stx_status st = check_dtype(fn, dtype);
     if (st != STX_OK) return st;
     if (B < 1) return fail(STX_ERR_INVALID_ARGUMENT, "%s: B (%d) must be at least 1", fn, B);
@@ -743,7 +777,7 @@ STX_API stx_status stx_model_set_layer_layout(stx_model *model, int32_t layer,
     const char *fn = "stx_model_set_layer_layout";
     stx_status st = check_model(model, fn);
     if (st != STX_OK) return st;
-    if (!layout) return fail(STX_ERR_INVALID_ARGUMENT, "%s: layout is NULL", fn);
+    if (stx::check_layout(layout, fn) != STX_OK) return STX_ERR_INVALID_ARGUMENT;
     if (layer < 0 || layer >= model->cfg.n_layer)
         return fail(STX_ERR_INVALID_ARGUMENT, "%s: layer (%d) must be in [0, %d)", fn, layer,
                     model->cfg.n_layer);

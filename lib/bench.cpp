@@ -66,7 +66,7 @@ extern "C" STX_API stx_status stx_attention_benchmark(const stx_layout *layout, 
                                                       int32_t runs, double *forward_ms,
                                                       double *forward_backward_ms) {
     const char *fn = "stx_attention_benchmark";
-    if (!layout) return stx::fail(STX_ERR_INVALID_ARGUMENT, "%s: layout is NULL", fn);
+    if (stx::check_layout(layout, fn) != STX_OK) return STX_ERR_INVALID_ARGUMENT;
     if (!forward_ms || !forward_backward_ms)
         return stx::fail(STX_ERR_INVALID_ARGUMENT, "%s: result pointers must not be NULL", fn);
     const stx::Layout &L = *layout->layout;

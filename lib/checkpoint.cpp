@@ -77,6 +77,7 @@
 #include "backend.h"
 #include "config.h"
 #include "error.h"
+#include "handles.h"
 #include "model_handle.h"
 #include "params.h"
 
@@ -855,7 +856,8 @@ stx_status Loader::load(int32_t backend, int32_t device, stx_model **out) {
         const std::string context = "stx_model_load: " + path_;
         return stx::fail_context(st, context.c_str());
     }
-    std::unique_ptr<stx_model> model(raw);
+    // Freed through the API on any failure below, so the handle registry forgets it too.
+    std::unique_ptr<stx_model, void (*)(stx_model *)> model(raw, &stx_model_free);
     if (model->table.tensors.size() != table.tensors.size())
         return bad(STX_ERR_INTERNAL, "the model's parameter table differs from the config's");
     if ((st = stx_model_set_optimizer(model.get(), &optim.opt)) != STX_OK) {
@@ -925,7 +927,7 @@ STX_API stx_status stx_model_load(const char *path, int32_t backend, int32_t dev
 }
 
 STX_API const char *stx_model_app_state(const stx_model *model) {
-    return model ? model->app_state.c_str() : "";
+    return model && stx::handle_live(model) ? model->app_state.c_str() : "";
 }
 
 } // extern "C"

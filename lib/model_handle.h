@@ -56,8 +56,9 @@ template <typename F> stx_status guarded(const char *fn, F &&f) {
 // A new model from a config (validated here), with freshly initialized weights.
 stx_status create_model(const stx_config &cfg, stx_model **out);
 
-// STX_ERR_INVALID_ARGUMENT naming fn when model is NULL.
+// STX_ERR_INVALID_ARGUMENT naming fn when model is NULL or not live (freed, never created).
 stx_status check_model(const stx_model *model, const char *fn);
+stx_status check_layout(const stx_layout *layout, const char *fn);
 
 // Sets the OpenMP thread count of the calling thread for this model's work.
 void use_threads(const stx_model *model);
