@@ -379,8 +379,10 @@ static stx_status run_forward(stx_model *model, const char *fn, const uint8_t *t
 
 STX_API stx_status stx_forward(stx_model *model, const uint8_t *tokens, int32_t B, int32_t T,
                                double *loss_nats) {
-    stx_status st = run_forward(model, "stx_forward", tokens, B, T,
-                                model && model->training && model->cfg.dropout > 0.0f, loss_nats);
+    stx_status st = check_model(model, "stx_forward");
+    if (st != STX_OK) return st;
+    st = run_forward(model, "stx_forward", tokens, B, T,
+                     model->training && model->cfg.dropout > 0.0f, loss_nats);
     if (st != STX_OK) return st;
     model->forward_ready = true;
     if (model->training) ++model->dropout_step;
