@@ -13,8 +13,29 @@
  * kind, generator state, step, the run's settings), so --resume alone continues the run and
  * draws the same batches as an uninterrupted run would: the losses match step for step.
  *
+ * A step whose loss or global gradient norm is not finite (NaN or Inf) is skipped: no
+ * backward (for a bad loss) and no update (stx_optimizer_step returns STX_STEP_SKIPPED and
+ * leaves the weights, Adam moments and step count alone); the step is tried again on the
+ * next batch. Each skip is counted, logged as a record {"step": S, "skipped": true,
+ * "reason": "gradient norm nan", ...} and printed. After --max-bad-steps consecutive skips
+ * the run stops with exit status 1 and one message on stderr, saving nothing, so the last
+ * checkpoint written (from before the bad steps) stays as it was. A good step resets the
+ * consecutive count; the total is kept in the checkpoint and printed at the end.
+ *
  * Exit status: 0 success (also after Ctrl-C, once the checkpoint is saved), 1 bad input
- * (a file, a value the library refuses), 2 bad usage, 130 on a second Ctrl-C.
+ * (a file, a value the library refuses) or too many consecutive non-finite steps, 2 bad
+ * usage, 130 on a second Ctrl-C.
+ *
+ * Test hooks (for the tests only, not part of the interface; read once at start, so they
+ * cost nothing when unset). Both take a list of attempts like "5,6", "5-30" or "3,8-9",
+ * where attempt n is the n-th batch drawn by the run (good steps + skipped steps so far + 1,
+ * so it equals the step number until the first skip):
+ *   STX_TEST_INJECT_NAN=LIST         after the backward of those attempts, gradient element
+ *                                    0 of "w_out" is set to NaN (the optimizer step is
+ *                                    then skipped: "gradient norm nan");
+ *   STX_TEST_INJECT_NAN_WEIGHT=LIST  before the forward of those attempts, weight element 0
+ *                                    of "ln_f.g" is set to NaN (the loss is then NaN on
+ *                                    every later step: "loss nan").
  */
 #include <errno.h>
 #include <inttypes.h>
@@ -25,6 +46,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common_args.h"
@@ -79,6 +101,7 @@ typedef struct options {
     const char *save, *resume, *log;
     int64_t save_every, eval_every, log_every, sample_every;
     int eval_batches, sample_len, plain;
+    int64_t max_bad_steps;
 } options;
 
 /* The model options: not allowed with --resume (the model comes from the checkpoint). */
@@ -192,12 +215,15 @@ typedef struct run {
     char data_path[4096]; /* absolute, as the checkpoint records it */
     char log_path[4096];  /* absolute, "" without --log */
     int64_t train_begin, train_end, valid_begin, valid_end;
-    int32_t T;         /* training window: n_ctx */
-    uint64_t rng;      /* the data generator state (stx_dataset_sample) */
-    double elapsed0;   /* seconds of earlier processes of this run (from app_state) */
-    double t_start;    /* cli_now() when this process started training */
-    uint8_t *tokens;   /* [batch, T] */
-    uint8_t *eval_buf; /* [batch, T] */
+    int32_t T;             /* training window: n_ctx */
+    uint64_t rng;          /* the data generator state (stx_dataset_sample) */
+    double elapsed0;       /* seconds of earlier processes of this run (from app_state) */
+    double t_start;        /* cli_now() when this process started training */
+    uint8_t *tokens;       /* [batch, T] */
+    uint8_t *eval_buf;     /* [batch, T] */
+    int64_t skipped;       /* steps skipped for a non-finite loss or gradient norm, whole run */
+    const char *ckpt_path; /* the last checkpoint written or resumed from (NULL: none) */
+    int64_t ckpt_step;     /* its step */
 } run;
 
 static double elapsed(const run *r) {
@@ -223,12 +249,15 @@ static void save_checkpoint(run *r, const char *path) {
         "\nstep=%" PRId64 "\nsteps=%" PRId64 "\nbatch=%d\nlr=%.17g\nmin_lr=%.17g\n"
         "warmup=%" PRId64 "\nclip=%.17g\nweight_decay=%.17g\neval_every=%" PRId64
         "\neval_batches=%d\nsave_every=%" PRId64 "\nlog_every=%" PRId64 "\nsample_every=%" PRId64
-        "\nsample_len=%d\nelapsed_s=%.3f\n",
+        "\nsample_len=%d\nelapsed_s=%.3f\nmax_bad_steps=%" PRId64 "\nskipped_steps=%" PRId64 "\n",
         APP_FORMAT, r->data_path, r->log_path, kKindNames[o->kind], o->resample, r->rng, step,
         o->steps, o->batch, o->lr, o->min_lr, o->warmup, o->clip, o->weight_decay, o->eval_every,
-        o->eval_batches, o->save_every, o->log_every, o->sample_every, o->sample_len, elapsed(r));
+        o->eval_batches, o->save_every, o->log_every, o->sample_every, o->sample_len, elapsed(r),
+        o->max_bad_steps, r->skipped);
     if (n < 0 || n >= (int)sizeof state) stx_cli_fail(PROG, "app_state does not fit");
     if (stx_model_save(r->model, path, state) != STX_OK) stx_cli_die(PROG, "save");
+    r->ckpt_path = path;
+    r->ckpt_step = step;
 }
 
 /* Validation loss in nats per byte over up to eval_batches batches of consecutive
@@ -283,6 +312,91 @@ static char *draw_sample(run *r, int64_t step) {
 
 static const char *backend_name(int32_t backend) {
     return backend == STX_BACKEND_CUDA ? "cuda" : backend == STX_BACKEND_CPU ? "cpu" : "auto";
+}
+
+/* ---------------------------------------------------------------- non-finite steps */
+
+/* "nan", "inf" or "-inf" for a non-finite value. */
+static const char *nonfinite_name(double x) {
+    return isnan(x) ? "nan" : x > 0 ? "inf" : "-inf";
+}
+
+/* A JSON true/false field (the log helpers have none). */
+static void jsonl_bool(cli_jsonl *log, const char *key, int value) {
+    if (!log->file) return;
+    if (log->fields++) fputc(',', log->file);
+    cli_json_write_string(log->file, key);
+    fprintf(log->file, ":%s", value ? "true" : "false");
+}
+
+/* A test hook's list of attempts ("5,6", "5-30"): ranges [first, last], read from the
+ * environment once. Empty (n == 0) when the variable is unset. */
+#define MAX_INJECT 16
+typedef struct inject_list {
+    const char *name;
+    int n;
+    int64_t first[MAX_INJECT], last[MAX_INJECT];
+} inject_list;
+
+static void inject_parse(inject_list *list, const char *name) {
+    list->name = name;
+    list->n = 0;
+    const char *text = getenv(name);
+    if (!text || !*text) return;
+    for (const char *p = text;;) {
+        char *end = NULL;
+        errno = 0;
+        const long long a = strtoll(p, &end, 10);
+        long long b = a;
+        int ok = end != p && !errno && a >= 1 && list->n < MAX_INJECT;
+        if (ok && *end == '-') {
+            p = end + 1;
+            b = strtoll(p, &end, 10);
+            ok = end != p && !errno && b >= a;
+        }
+        if (!ok || (*end && *end != ','))
+            stx_cli_fail(PROG, "%s: '%s' is not a list of steps like 5,6 or 5-30", name, text);
+        list->first[list->n] = a;
+        list->last[list->n] = b;
+        ++list->n;
+        if (!*end) return;
+        p = end + 1;
+    }
+}
+
+static int inject_at(const inject_list *list, int64_t attempt) {
+    for (int i = 0; i < list->n; ++i)
+        if (attempt >= list->first[i] && attempt <= list->last[i]) return 1;
+    return 0;
+}
+
+/* Set element 0 of a parameter (grad == 0) or of its gradient to NaN (a test hook). */
+static void inject_nan(run *r, const char *name, int grad) {
+    int32_t count = 0;
+    if (stx_param_count(r->model, &count) != STX_OK) stx_cli_die(PROG, "inject");
+    for (int32_t i = 0; i < count; ++i) {
+        const char *pname = NULL;
+        int32_t ndim = 0;
+        int64_t shape[STX_MAX_DIMS], numel = 1;
+        if (stx_param_info(r->model, i, &pname, &ndim, shape) != STX_OK)
+            stx_cli_die(PROG, "inject");
+        if (strcmp(pname, name) != 0) continue;
+        for (int32_t d = 0; d < ndim; ++d) numel *= shape[d];
+        float *v = malloc((size_t)numel * sizeof *v);
+        if (!v) stx_cli_fail(PROG, "out of memory");
+        const stx_status st = grad
+                                  ? stx_grad_read(r->model, name, STX_DTYPE_F32, v, (size_t)numel)
+                                  : stx_param_read(r->model, name, STX_DTYPE_F32, v, (size_t)numel);
+        if (st != STX_OK) stx_cli_die(PROG, "inject");
+        v[0] = NAN;
+        const stx_status wt =
+            grad ? stx_grad_write(r->model, name, STX_DTYPE_F32, v, (size_t)numel)
+                 : stx_param_write(r->model, name, STX_DTYPE_F32, v, (size_t)numel);
+        if (wt != STX_OK) stx_cli_die(PROG, "inject");
+        free(v);
+        return;
+    }
+    stx_cli_fail(PROG, "inject: no parameter named %s", name);
 }
 
 /* ---------------------------------------------------------------- setup */
@@ -379,6 +493,7 @@ static void restore_settings(stx_cli *cli, options *o, const char *app) {
     if (!SEEN("sample-every")) app_i64(app, "sample_every", &o->sample_every);
     if (!SEEN("sample-len")) app_int(app, "sample_len", &o->sample_len);
     if (!SEEN("resample")) app_int(app, "data_resample", &o->resample);
+    if (!SEEN("max-bad-steps")) app_i64(app, "max_bad_steps", &o->max_bad_steps);
     if (!SEEN("kind")) {
         char kind[32];
         if (app_get(app, "data_kind", kind, sizeof kind)) {
@@ -410,6 +525,7 @@ static int check_options(stx_cli *cli, const options *o) {
     if (o->sample_len < 1) return stx_cli_usage_error(cli, "--sample-len must be at least 1");
     if (o->threads < 0) return stx_cli_usage_error(cli, "--threads must be >= 0 (0: all)");
     if (o->resample < 0) return stx_cli_usage_error(cli, "--resample must be >= 0");
+    if (o->max_bad_steps < 1) return stx_cli_usage_error(cli, "--max-bad-steps must be at least 1");
     return STX_CLI_CONTINUE;
 }
 
@@ -432,6 +548,7 @@ int main(int argc, char **argv) {
     o->log_every = 10;
     o->sample_len = 200;
     o->recompute = 1;
+    o->max_bad_steps = 20;
 
     stx_cli_opt table[] = {
         STX_OPT("data", 0, STX_OPT_STRING, &o->data, "the positional DATA",
@@ -494,6 +611,9 @@ int main(int argc, char **argv) {
         STX_OPT("sample-every", 0, STX_OPT_INT64, &o->sample_every, "0: never",
                 "print an unconditional sample every N steps"),
         STX_OPT("sample-len", 0, STX_OPT_INT, &o->sample_len, "200", "bytes per sample"),
+        STX_OPT("max-bad-steps", 0, STX_OPT_INT64, &o->max_bad_steps, "20",
+                "stop (exit 1, saving nothing) after N consecutive steps skipped for a "
+                "non-finite loss or gradient norm"),
         STX_OPT("plain", 0, STX_OPT_FLAG, &o->plain, NULL,
                 "plain log lines even on a terminal (no progress bar)"),
         STX_OPT_END};
@@ -570,6 +690,11 @@ int main(int argc, char **argv) {
         const int have_rng = app_u64(app, "data_rng", &r.rng);
         app_i64(app, "step", &app_step);
         app_f64(app, "elapsed_s", &r.elapsed0);
+        if (app_i64(app, "skipped_steps", &r.skipped) && r.skipped < 0)
+            stx_cli_fail(PROG, "checkpoint app_state: skipped_steps=%" PRId64 " is negative",
+                         r.skipped);
+        r.ckpt_path = o->resume;
+        r.ckpt_step = step0;
         if (app_step != step0)
             stx_cli_fail(PROG,
                          "%s: app_state step=%" PRId64 " but the model is at step %" PRId64
@@ -634,8 +759,17 @@ int main(int argc, char **argv) {
             slash[1] = '\0';
         else if (slash)
             *slash = '\0';
+        /* access() alone is not enough: root may "write" into a regular file. */
+        struct stat st;
+        if (stat(dir, &st) != 0)
+            stx_cli_fail(PROG, "--save: cannot write a checkpoint in %s: %s", dir, strerror(errno));
+        if (!S_ISDIR(st.st_mode))
+            stx_cli_fail(PROG, "--save: cannot write a checkpoint in %s: %s", dir,
+                         strerror(ENOTDIR));
         if (access(dir, W_OK) != 0)
             stx_cli_fail(PROG, "--save: cannot write a checkpoint in %s: %s", dir, strerror(errno));
+        if (stat(o->save, &st) == 0 && S_ISDIR(st.st_mode))
+            stx_cli_fail(PROG, "--save: %s is a directory, not a checkpoint file", o->save);
     }
 
     /* -------------------------------------------------- the header */
@@ -677,21 +811,94 @@ int main(int argc, char **argv) {
     int64_t interval_steps = 0, last_val_step = -1, last_val_bytes = 0;
     int64_t step = step0;
     int interrupted = 0;
+    int64_t bad_in_row = 0;  /* consecutive skipped steps */
+    int weights_suspect = 0; /* the last step's loss was not finite: do not save the model */
+    inject_list inject_grad, inject_weight;
+    inject_parse(&inject_grad, "STX_TEST_INJECT_NAN");
+    inject_parse(&inject_weight, "STX_TEST_INJECT_NAN_WEIGHT");
+    const int injecting = inject_grad.n > 0 || inject_weight.n > 0;
     while (step < o->steps) {
         if (stx_dataset_sample(r.data, r.train_begin, r.train_end, o->batch, r.T, &r.rng,
                                r.tokens) != STX_OK)
             stx_cli_die(PROG, "data sample");
+        const int64_t attempt = step + r.skipped + 1; /* the test hooks' numbering */
+        if (injecting && inject_at(&inject_weight, attempt)) inject_nan(&r, "ln_f.g", 0);
         const double t0 = cli_now();
-        double loss = 0.0, lr = 0.0, norm = 0.0;
+        double loss = 0.0, lr = stx_optim_lr_at(&opt, step), norm = (double)NAN;
+        char reason[64] = "";
         if (stx_forward(r.model, r.tokens, o->batch, r.T, &loss) != STX_OK)
             stx_cli_die(PROG, "forward");
-        if (stx_zero_grad(r.model) != STX_OK || stx_backward(r.model) != STX_OK)
-            stx_cli_die(PROG, "backward");
-        if (stx_optimizer_step(r.model, &lr, &norm) != STX_OK) stx_cli_die(PROG, "optimizer");
+        if (!isfinite(loss)) {
+            /* Only non-finite weights (or an overflow) give this: no backward, no update. */
+            snprintf(reason, sizeof reason, "loss %s", nonfinite_name(loss));
+        } else {
+            if (stx_zero_grad(r.model) != STX_OK || stx_backward(r.model) != STX_OK)
+                stx_cli_die(PROG, "backward");
+            if (injecting && inject_at(&inject_grad, attempt)) inject_nan(&r, "w_out", 1);
+            const stx_status st = stx_optimizer_step(r.model, &lr, &norm);
+            if (st == STX_STEP_SKIPPED)
+                snprintf(reason, sizeof reason, "gradient norm %s", nonfinite_name(norm));
+            else if (st != STX_OK)
+                stx_cli_die(PROG, "optimizer");
+        }
         interval_time += cli_now() - t0;
         ++interval_steps;
-        ++step;
         if (g_stop) interrupted = 1;
+        if (reason[0]) {
+            /* A skipped step: the model is as it was after the last good step. */
+            ++r.skipped;
+            ++bad_in_row;
+            weights_suspect = !isfinite(loss);
+            cli_jsonl_begin(&jlog);
+            cli_jsonl_int(&jlog, "step", step + 1);
+            jsonl_bool(&jlog, "skipped", 1);
+            cli_jsonl_str(&jlog, "reason", reason);
+            cli_jsonl_num(&jlog, "loss", loss); /* null when not finite */
+            cli_jsonl_num(&jlog, "bpb", loss / log(2.0));
+            cli_jsonl_num(&jlog, "lr", lr);
+            cli_jsonl_num(&jlog, "grad_norm", norm);
+            cli_jsonl_int(&jlog, "skipped_steps", r.skipped);
+            cli_jsonl_int(&jlog, "bad_in_row", bad_in_row);
+            cli_jsonl_num(&jlog, "elapsed_s", elapsed(&r));
+            if (cli_jsonl_end(&jlog) != 0)
+                stx_cli_fail(PROG, "--log: cannot write %s: %s", o->log, strerror(errno));
+            cli_progress_clear(&bar);
+            printf("step %" PRId64 "/%" PRId64 " | skipped: %s | %" PRId64 " in a row, %" PRId64
+                   " in all\n",
+                   step + 1, o->steps, reason, bad_in_row, r.skipped);
+            fflush(stdout);
+            if (bad_in_row >= o->max_bad_steps) {
+                cli_progress_finish(&bar);
+                cli_jsonl_close(&jlog);
+                char where[4200];
+                if (r.ckpt_path)
+                    snprintf(where, sizeof where,
+                             "the last good checkpoint is %s (step %" PRId64 ")", r.ckpt_path,
+                             r.ckpt_step);
+                else if (o->save)
+                    snprintf(where, sizeof where, "no checkpoint was written before them");
+                else
+                    snprintf(where, sizeof where, "nothing was saved (no --save given)");
+                fprintf(stderr,
+                        PROG ": %" PRId64 " consecutive steps had non-finite loss or gradients; "
+                             "stopped at step %" PRId64 "; %s\n",
+                        bad_in_row, step, where);
+                free(r.tokens);
+                free(r.eval_buf);
+                stx_model_free(r.model);
+                stx_dataset_free(r.data);
+                return 1;
+            }
+            if (interrupted) {
+                /* A model whose loss is not finite is not saved over a good checkpoint. */
+                if (o->save && !weights_suspect) save_checkpoint(&r, o->save);
+                break;
+            }
+            continue;
+        }
+        bad_in_row = 0;
+        weights_suspect = 0;
+        ++step;
         const double bpb = loss / log(2.0);
 
         /* Interrupted: no evaluation or sample, just the log record and the checkpoint. */
@@ -760,12 +967,17 @@ int main(int argc, char **argv) {
 
     /* -------------------------------------------------- the end */
     if (interrupted) {
-        if (o->save)
+        if (o->save && weights_suspect)
+            printf("interrupted after step %" PRId64 ": not saved, the model's loss is not "
+                   "finite (%s)\n",
+                   step, r.ckpt_path ? "the last good checkpoint stays as it was" : "none saved");
+        else if (o->save)
             printf("interrupted after step %" PRId64 ": checkpoint saved to %s (resume with "
                    "--resume %s)\n",
                    step, o->save, o->save);
         else
             printf("interrupted after step %" PRId64 ": no --save given, nothing saved\n", step);
+        printf("skipped steps: %" PRId64 " (non-finite loss or gradient norm)\n", r.skipped);
     } else {
         if (last_val_step != step) { /* resumed at or past --steps: nothing ran */
             last_val_bpb = validation_nats(&r, &last_val_bytes) / log(2.0);
@@ -773,6 +985,7 @@ int main(int argc, char **argv) {
         printf("final validation: %.4f bits per byte (step %" PRId64 ", %" PRId64
                " bytes of the valid split)\n",
                last_val_bpb, step, last_val_bytes);
+        printf("skipped steps: %" PRId64 " (non-finite loss or gradient norm)\n", r.skipped);
         if (step == step0 && o->resume)
             printf("checkpoint: %s (unchanged: it is at step %" PRId64 " of %" PRId64 ")\n",
                    o->resume, step0, o->steps);

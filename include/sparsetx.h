@@ -252,7 +252,9 @@ STX_API stx_status stx_model_set_training(stx_model *model, int32_t training);
  * start vector is internal), so every byte is scored. *loss_nats (may be NULL) gets the
  * mean cross-entropy over all B*T bytes in nats; bits per byte = nats / ln 2. The
  * activations are kept for stx_backward. Errors: STX_ERR_INVALID_ARGUMENT (T > n_ctx,
- * B or T < 1, NULL). */
+ * B or T < 1, NULL). The weights are not checked: a NaN or Inf among them gives a NaN (or
+ * Inf) loss with STX_OK; the stx_backward after it gives non-finite gradients, and
+ * stx_optimizer_step then skips the step (STX_STEP_SKIPPED). */
 STX_API stx_status stx_forward(stx_model *model, const uint8_t *tokens, int32_t B, int32_t T,
                                double *loss_nats);
 

@@ -47,6 +47,7 @@ FEATURE_CUDA = 1
 FEATURE_OPENMP = 2
 
 OK = 0
+STEP_SKIPPED = 1  # stx_optimizer_step: non-finite gradients, nothing changed
 ERR_INVALID_ARGUMENT = -1
 ERR_OUT_OF_MEMORY = -2
 ERR_IO = -3
@@ -56,7 +57,7 @@ ERR_UNSUPPORTED = -6
 ERR_DEVICE = -7
 ERR_STATE = -8
 ERR_INTERNAL = -9
-STATUSES = (OK, ERR_INVALID_ARGUMENT, ERR_OUT_OF_MEMORY, ERR_IO, ERR_FORMAT, ERR_VERSION,
+STATUSES = (OK, STEP_SKIPPED, ERR_INVALID_ARGUMENT, ERR_OUT_OF_MEMORY, ERR_IO, ERR_FORMAT, ERR_VERSION,
             ERR_UNSUPPORTED, ERR_DEVICE, ERR_STATE, ERR_INTERNAL)
 
 LOG_DEBUG = 0
@@ -507,9 +508,12 @@ class Model:
         return [bytes(out[b * row:b * row + lengths[b]]) for b in range(batch)]
 
     def step(self):
-        """One optimizer step; returns (learning rate used, unclipped gradient norm)."""
+        """One optimizer step; returns (learning rate used, unclipped gradient norm). A norm
+        that is not finite (NaN or Inf) means the step was skipped and nothing changed."""
         lr, norm = ctypes.c_double(), ctypes.c_double()
-        self._call("stx_optimizer_step", self.handle, ctypes.byref(lr), ctypes.byref(norm))
+        status = self.lib.stx_optimizer_step(self.handle, ctypes.byref(lr), ctypes.byref(norm))
+        if status not in (OK, STEP_SKIPPED):
+            check(self.lib, status, "stx_optimizer_step")
         return lr.value, norm.value
 
     @property
