@@ -102,6 +102,7 @@ typedef struct options {
     int64_t save_every, eval_every, log_every, sample_every;
     int eval_batches, sample_len, plain;
     int64_t max_bad_steps;
+    int64_t memory_limit_mb; /* 0: none */
 } options;
 
 /* The model options: not allowed with --resume (the model comes from the checkpoint). */
@@ -549,6 +550,7 @@ int main(int argc, char **argv) {
     o->sample_len = 200;
     o->recompute = 1;
     o->max_bad_steps = 20;
+    o->memory_limit_mb = 0;
 
     stx_cli_opt table[] = {
         STX_OPT("data", 0, STX_OPT_STRING, &o->data, "the positional DATA",
@@ -581,6 +583,8 @@ int main(int argc, char **argv) {
         STX_OPT("device", 0, STX_OPT_STRING, &o->device, "auto",
                 "cpu, cuda, cuda:N or auto (CUDA when present)"),
         STX_OPT("threads", 0, STX_OPT_INT, &o->threads, "0: OpenMP's default", "CPU threads"),
+        STX_OPT("memory-limit", 0, STX_OPT_INT64, &o->memory_limit_mb, "0: none",
+                "MiB of model memory (weights, optimizer, activations; device memory on CUDA)"),
         STX_OPT("seed", 0, STX_OPT_UINT64, &o->seed, "1",
                 "weight init, dropout masks and the data order"),
         STX_OPT("lr", 0, STX_OPT_DOUBLE, &o->lr, "3e-4", "peak learning rate"),
@@ -713,6 +717,10 @@ int main(int argc, char **argv) {
             r.cfg.n_threads = o->threads;
         }
     }
+    if (o->memory_limit_mb < 0) return stx_cli_usage_error(&cli, "--memory-limit must be >= 0");
+    if (o->memory_limit_mb > 0 &&
+        stx_model_set_memory_limit(r.model, o->memory_limit_mb * 1024 * 1024) != STX_OK)
+        stx_cli_die(PROG, "--memory-limit");
     r.T = r.cfg.n_ctx;
     if (r.train_end - r.train_begin < r.T)
         stx_cli_fail(PROG,
