@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <unistd.h>
 
 #include "error.h"
 
@@ -121,6 +122,80 @@ stx_status check_sizes(int32_t n_ctx, int32_t n_head, int32_t block_size) {
     return STX_OK;
 }
 
+// Key blocks natural-order part `c` proposes for query block i, the ranges of
+// natural_candidates that start at the query's own block or before (a lower bound of what
+// it adds; fixed's summary ranges are left out).
+int64_t natural_row_count(const Component &c, int64_t bs, int64_t i) {
+    const int64_t q_lo = i * bs;
+    switch (c.kind) {
+    case CompKind::Dense:
+        return i + 1;
+    case CompKind::Strided:
+        return c.l == 1 ? i + 1 : 1;
+    case CompKind::Local:
+        return i - std::max<int64_t>(0, q_lo - c.l + 1) / bs + 1;
+    case CompKind::Fixed:
+        return i - (q_lo / c.l) * c.l / bs + 1;
+    case CompKind::User:
+        break;
+    }
+    return 1;
+}
+
+// Bytes a layout of `pattern` holds at least (block lists and row pointers), computed from
+// the rows of each pass without building them: per head, the largest natural-order part
+// (their union holds at least each of them) and every transposed strided pass.
+double layout_bytes_lower_bound(const LayerPattern &pattern, int32_t n_ctx, int32_t n_head,
+                                int32_t block_size) {
+    const int64_t bs = block_size;
+    const int64_t nq = ceil_div(n_ctx, bs);
+    const size_t n_lists = pattern.heads.size();
+    double total = 0.0;
+    for (size_t m = 0; m < n_lists && m < static_cast<size_t>(n_head); ++m) {
+        // Heads m, m + n_lists, ... use this merged pattern.
+        const int64_t first = static_cast<int64_t>(m), step = static_cast<int64_t>(n_lists);
+        const double uses = static_cast<double>((n_head - 1 - first) / step + 1);
+        std::vector<Component> seen;
+        double natural = 0.0, head = 0.0;
+        for (const Component &c : pattern.heads[m].parts) {
+            if (std::find(seen.begin(), seen.end(), c) != seen.end()) continue;
+            seen.push_back(c);
+            double entries = 0.0;
+            if (is_natural(c, n_ctx)) {
+                for (int64_t i = 0; i < nq; ++i)
+                    entries += static_cast<double>(natural_row_count(c, bs, i));
+                natural = std::max(natural, entries);
+            } else {
+                const int64_t rows = ceil_div(n_ctx, c.l), nqt = ceil_div(rows * c.l, bs);
+                for (int64_t i = 0; i < nqt; ++i)
+                    entries += static_cast<double>(i - ((i * bs) / rows) * rows / bs + 1);
+                head += entries * sizeof(int32_t) + static_cast<double>(nqt + 1) * sizeof(int64_t);
+            }
+        }
+        if (natural > 0.0)
+            head += natural * sizeof(int32_t) + static_cast<double>(nq + 1) * sizeof(int64_t);
+        total += uses * head;
+    }
+    return total;
+}
+
+// Refuses a layout that could never fit in this machine's memory before building it (a dense
+// pattern over 2^24 positions would need terabytes, and hours to fill them).
+stx_status check_layout_fits(const LayerPattern &pattern, int32_t n_ctx, int32_t n_head,
+                             int32_t block_size) {
+    const long pages = sysconf(_SC_PHYS_PAGES), page = sysconf(_SC_PAGE_SIZE);
+    if (pages <= 0 || page <= 0) return STX_OK;
+    const double have = static_cast<double>(pages) * static_cast<double>(page);
+    const double need = layout_bytes_lower_bound(pattern, n_ctx, n_head, block_size);
+    if (need > have)
+        return fail(STX_ERR_OUT_OF_MEMORY,
+                    "the block layout of pattern \"%s\" for n_ctx %d, %d heads and blocks of "
+                    "%d needs at least %.3g GB of host memory but this machine has %.3g GB",
+                    format_layer(pattern).c_str(), n_ctx, n_head, block_size, need / 1e9,
+                    have / 1e9);
+    return STX_OK;
+}
+
 } // namespace
 
 bool Layout::component_allows_at(const Component &c, int32_t head, int64_t q, int64_t k) const {
@@ -157,6 +232,7 @@ stx_status build_layout(const LayerPattern &pattern, int32_t n_ctx, int32_t n_he
     stx_status st = check_sizes(n_ctx, n_head, block_size);
     if (st != STX_OK) return st;
     if (pattern.heads.empty()) return fail(STX_ERR_INVALID_ARGUMENT, "pattern has no heads");
+    if ((st = check_layout_fits(pattern, n_ctx, n_head, block_size)) != STX_OK) return st;
     Layout lay;
     lay.id = next_layout_id();
     lay.n_ctx = n_ctx;
