@@ -317,7 +317,7 @@ static void expected_probs(const double *logits, double T, int k, double *p) {
             above += logits[w] > logits[v] || (logits[w] == logits[v] && w < v);
         rank_ok[v] = above < k;
     }
-    double mx = -INFINITY, sum = 0.0;
+    double mx = -(double)INFINITY, sum = 0.0;
     for (int v = 0; v < STX_VOCAB; ++v)
         if (logits[v] > mx) mx = logits[v];
     for (int v = 0; v < STX_VOCAB; ++v) {
@@ -421,7 +421,7 @@ static void test_bad_arguments(void **state) {
     assert_int_equal(
         stx_sample_v(m, prompt, 4, 4, 1, &good, sizeof good - 8, STX_ABI_VERSION, out, len),
         STX_ERR_VERSION);
-    const double bad_t[4] = {0.0, -1.0, NAN, INFINITY};
+    const double bad_t[4] = {0.0, -1.0, (double)NAN, (double)INFINITY};
     for (int i = 0; i < 4; ++i) {
         sc = good;
         sc.temperature = bad_t[i];
@@ -433,7 +433,7 @@ static void test_bad_arguments(void **state) {
         sc.top_k = bad_k[i];
         expect_invalid(stx_sample(m, prompt, 4, 4, 1, &sc, out, len), "top_k");
     }
-    const double bad_p[4] = {0.0, -0.5, 1.5, NAN};
+    const double bad_p[4] = {0.0, -0.5, 1.5, (double)NAN};
     for (int i = 0; i < 4; ++i) {
         sc = good;
         sc.top_p = bad_p[i];
