@@ -264,6 +264,25 @@ static void test_bf16_follows_fp32(void **state) {
     assert_true(rel <= 0.02);
 }
 
+/* A device memory limit refuses a larger batch with the bytes named; a status, not a crash. */
+static void test_memory_limit(void **state) {
+    (void)state;
+    stx_model *m = make(&cases[4], STX_BACKEND_CUDA, STX_PRECISION_FP32, 0.0f);
+    uint8_t tokens[8 * 100];
+    stx_test_rng rng = {21};
+    stx_test_fill_bytes(&rng, tokens, sizeof tokens);
+    CHECK_OK(stx_forward(m, tokens, 1, 100, NULL));
+    int64_t in_use = 0, peak = 0;
+    CHECK_OK(stx_model_memory(m, &in_use, &peak));
+    CHECK_OK(stx_model_set_memory_limit(m, in_use + 4096));
+    stx_clear_error();
+    const stx_status st = stx_forward(m, tokens, 8, 100, NULL);
+    printf("  limit %lld bytes: %s\n", (long long)(in_use + 4096), stx_last_error());
+    assert_int_equal(st, STX_ERR_OUT_OF_MEMORY);
+    assert_non_null(strstr(stx_last_error(), "memory limit"));
+    stx_model_free(m);
+}
+
 int main(void) {
     if (!stx_backend_available(STX_BACKEND_CUDA)) {
         printf("SKIP: test_cuda_model needs a CUDA device (build features 0x%x, none usable "
@@ -275,6 +294,7 @@ int main(void) {
         cmocka_unit_test(test_matches_reference),
         cmocka_unit_test(test_deterministic_and_memory),
         cmocka_unit_test(test_bf16_follows_fp32),
+        cmocka_unit_test(test_memory_limit),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
