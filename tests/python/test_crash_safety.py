@@ -50,6 +50,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import sparsetx_ctypes as stx  # noqa: E402
+from test_cli_train import make_text  # noqa: E402
 
 
 def _import_by_path(name, path):
@@ -85,28 +86,6 @@ def run_args(n_steps):
 
 LOG_FIELDS = ("loss", "lr", "grad_norm", "val_bpb")
 FSIZE_LIMIT = 4096  # bytes; a checkpoint of the tiny model is ~150 KB
-
-
-def make_text(n, seed):
-    """n bytes of English-like text."""
-    rng = random.Random(seed)
-    words = ("the of and to in is was that for on as with by at from his her an which it be "
-             "this are have not were had but one all their there been when who more time "
-             "people year way day man thing woman life child world school state family "
-             "student group country problem hand part place case week company system "
-             "question work government number night point home water room mother area money "
-             "story fact month lot right study book eye job word business issue side kind "
-             "head house service friend father power hour game line end member law car "
-             "city").split()
-    out, size = [], 0
-    while size < n:
-        s = " ".join(rng.choice(words) for _ in range(rng.randint(4, 14)))
-        s = s[0].upper() + s[1:] + rng.choice([".", ".", "?", "!"])
-        if rng.random() < 0.15:
-            s += "\n"
-        out.append(s)
-        size += len(s) + 1
-    return " ".join(out).encode()[:n]
 
 
 def read_log(path):
