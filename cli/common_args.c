@@ -226,3 +226,20 @@ int stx_cli_parse_device(const char *text, int32_t *backend, int32_t *device) {
     }
     return 0;
 }
+
+int stx_cli_app_get(const char *text, const char *key, char *buf, size_t size) {
+    const size_t klen = strlen(key);
+    for (const char *line = text; line && *line;) {
+        const char *nl = strchr(line, '\n');
+        const size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        if (len > klen && !strncmp(line, key, klen) && line[klen] == '=') {
+            size_t vlen = len - klen - 1;
+            if (vlen >= size) vlen = size - 1;
+            memcpy(buf, line + klen + 1, vlen);
+            buf[vlen] = '\0';
+            return 1;
+        }
+        line = nl ? nl + 1 : NULL;
+    }
+    return 0;
+}

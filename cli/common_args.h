@@ -34,6 +34,7 @@
 #ifndef STX_CLI_COMMON_ARGS_H
 #define STX_CLI_COMMON_ARGS_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -101,6 +102,10 @@ const stx_cli_opt *stx_cli_find(const stx_cli *cli, const char *name);
 /* "cpu", "cuda", "cuda:N" or "auto" into an stx_backend and a device index; 0 on success,
  * -1 for anything else. */
 int stx_cli_parse_device(const char *text, int32_t *backend, int32_t *device);
+
+/* The value of `key` in the "key=value" lines of a checkpoint's app_state (the tools'
+ * record of their run), copied into buf (truncated to size - 1); 1 when found, else 0. */
+int stx_cli_app_get(const char *text, const char *key, char *buf, size_t size);
 
 /* Bad input after a failed library call: prints "prog: what: <stx_last_error()>" on stderr
  * and exits with status 1. */

@@ -35,24 +35,6 @@
 static const char *const kKindNames[] = {"bytes", "idx", "cifar", "wav"};
 static const char *const kSplitNames[] = {"train", "valid", "test", "all"};
 
-/* The value of `key` in the "key=value" lines of an app_state; 1 when found. */
-static int app_get(const char *text, const char *key, char *buf, size_t size) {
-    const size_t klen = strlen(key);
-    for (const char *line = text; line && *line;) {
-        const char *nl = strchr(line, '\n');
-        const size_t len = nl ? (size_t)(nl - line) : strlen(line);
-        if (len > klen && !strncmp(line, key, klen) && line[klen] == '=') {
-            size_t vlen = len - klen - 1;
-            if (vlen >= size) vlen = size - 1;
-            memcpy(buf, line + klen + 1, vlen);
-            buf[vlen] = '\0';
-            return 1;
-        }
-        line = nl ? nl + 1 : NULL;
-    }
-    return 0;
-}
-
 /* One window: bytes [start, start + len) of which positions [score_from, len) are scored. */
 typedef struct window {
     int64_t start;
@@ -136,16 +118,17 @@ int main(int argc, char **argv) {
         stx_cli_die(PROG, "checkpoint");
     const char *app = stx_model_app_state(model);
     char app_data[4096] = "", app_kind[32] = "", app_rate[32] = "";
-    if (!data && app_get(app, "data_path", app_data, sizeof app_data)) data = app_data;
+    if (!data && stx_cli_app_get(app, "data_path", app_data, sizeof app_data)) data = app_data;
     if (!data) {
         stx_model_free(model);
         return stx_cli_usage_error(&cli, "no DATA given and %s does not name its data file", ckpt);
     }
-    if (!stx_cli_find(&cli, "kind")->seen && app_get(app, "data_kind", app_kind, sizeof app_kind))
+    if (!stx_cli_find(&cli, "kind")->seen &&
+        stx_cli_app_get(app, "data_kind", app_kind, sizeof app_kind))
         for (int i = 0; i < 4; ++i)
             if (!strcmp(app_kind, kKindNames[i])) kind = i;
     if (!stx_cli_find(&cli, "resample")->seen &&
-        app_get(app, "data_resample", app_rate, sizeof app_rate))
+        stx_cli_app_get(app, "data_resample", app_rate, sizeof app_rate))
         resample = atoi(app_rate);
     int64_t step = 0, n_params = 0;
     stx_model_get_step(model, &step);

@@ -142,29 +142,11 @@ static int absolute_path(const char *path, char *out, size_t size) {
 
 /* ---------------------------------------------------------------- app_state */
 
-/* The value of `key` in "key=value" lines, copied into buf; 1 when found. */
-static int app_get(const char *text, const char *key, char *buf, size_t size) {
-    const size_t klen = strlen(key);
-    for (const char *line = text; line && *line;) {
-        const char *nl = strchr(line, '\n');
-        const size_t len = nl ? (size_t)(nl - line) : strlen(line);
-        if (len > klen && !strncmp(line, key, klen) && line[klen] == '=') {
-            size_t vlen = len - klen - 1;
-            if (vlen >= size) vlen = size - 1;
-            memcpy(buf, line + klen + 1, vlen);
-            buf[vlen] = '\0';
-            return 1;
-        }
-        line = nl ? nl + 1 : NULL;
-    }
-    return 0;
-}
-
 /* Typed reads of app_state values: 1 when found and well formed, 0 when absent; a value that
  * does not parse is bad input (exit 1). */
 static int app_i64(const char *text, const char *key, int64_t *out) {
     char buf[64];
-    if (!app_get(text, key, buf, sizeof buf)) return 0;
+    if (!stx_cli_app_get(text, key, buf, sizeof buf)) return 0;
     char *end = NULL;
     errno = 0;
     const long long v = strtoll(buf, &end, 10);
@@ -176,7 +158,7 @@ static int app_i64(const char *text, const char *key, int64_t *out) {
 
 static int app_u64(const char *text, const char *key, uint64_t *out) {
     char buf[64];
-    if (!app_get(text, key, buf, sizeof buf)) return 0;
+    if (!stx_cli_app_get(text, key, buf, sizeof buf)) return 0;
     char *end = NULL;
     errno = 0;
     const unsigned long long v = strtoull(buf, &end, 10);
@@ -188,7 +170,7 @@ static int app_u64(const char *text, const char *key, uint64_t *out) {
 
 static int app_f64(const char *text, const char *key, double *out) {
     char buf[64];
-    if (!app_get(text, key, buf, sizeof buf)) return 0;
+    if (!stx_cli_app_get(text, key, buf, sizeof buf)) return 0;
     char *end = NULL;
     const double v = strtod(buf, &end);
     if (end == buf || *end || !isfinite(v))
@@ -497,7 +479,7 @@ static void restore_settings(stx_cli *cli, options *o, const char *app) {
     if (!SEEN("max-bad-steps")) app_i64(app, "max_bad_steps", &o->max_bad_steps);
     if (!SEEN("kind")) {
         char kind[32];
-        if (app_get(app, "data_kind", kind, sizeof kind)) {
+        if (stx_cli_app_get(app, "data_kind", kind, sizeof kind)) {
             int k = -1;
             for (int i = 0; i < 4; ++i)
                 if (!strcmp(kind, kKindNames[i])) k = i;
@@ -662,7 +644,8 @@ int main(int argc, char **argv) {
 
     /* -------------------------------------------------- data */
     char app_data[4096] = "";
-    if (!o->data && app_get(app, "data_path", app_data, sizeof app_data)) o->data = app_data;
+    if (!o->data && stx_cli_app_get(app, "data_path", app_data, sizeof app_data))
+        o->data = app_data;
     if (!o->data) {
         stx_model_free(r.model);
         return stx_cli_usage_error(&cli, o->resume ? "the checkpoint names no data file: give DATA"
@@ -746,7 +729,7 @@ int main(int argc, char **argv) {
 
     char app_log[4096] = "";
     if (o->resume && !stx_cli_find(&cli, "log")->seen &&
-        app_get(app, "log_path", app_log, sizeof app_log) && app_log[0])
+        stx_cli_app_get(app, "log_path", app_log, sizeof app_log) && app_log[0])
         o->log = app_log;
     if (o->log && !o->log[0]) o->log = NULL;
     if (o->log &&
