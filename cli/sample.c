@@ -5,6 +5,11 @@
  *                   --image-prefix DATAFILE --kind idx|cifar [--index N] [--rows R]]
  *                   [-n N] [--temperature X] [--top-k N] [--top-p X] [--seed N] [--count N]
  *                   [--stop-byte N] [--output FILE] [--wav FILE [--rate HZ]] [--device D]
+ *                   [--naive] [--stats]
+ *
+ * Sampling runs a decoder (a key/value cache that keeps what the attention pattern can still
+ * read: one forward over the prompt, then one row per byte); --naive recomputes the whole
+ * window for every byte instead, for comparison. --stats prints the speed on stderr.
  *
  * Text models print the samples on stdout (or into --output), separated by a line "----"
  * when there are several. Image models (a position shape [H, W, C]) write one PNG grid of
@@ -18,10 +23,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common_args.h"
 
 static const char *const PROG = "sparsetx-sample";
+
+static double now_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
 
 /* Everything the options set. */
 typedef struct options {
@@ -29,7 +41,7 @@ typedef struct options {
     const char *prompt, *prompt_file, *image_prefix;
     int kind, index, rows, length;
     double temperature, top_p;
-    int top_k, stop_byte, count, rate;
+    int top_k, stop_byte, count, rate, naive, stats;
     uint64_t seed;
     const char *output, *wav;
 } options;
@@ -210,6 +222,11 @@ int main(int argc, char **argv) {
         STX_OPT_META("wav", 0, STX_OPT_STRING, &o.wav, "FILE", "none",
                      "write the samples, one after the other, as mu-law WAV"),
         STX_OPT_META("rate", 0, STX_OPT_INT, &o.rate, "HZ", "12000", "sample rate of --wav"),
+        STX_OPT("naive", 0, STX_OPT_FLAG, &o.naive, NULL,
+                "recompute the whole window for every byte (slow; the key/value cache is the "
+                "default)"),
+        STX_OPT("stats", 0, STX_OPT_FLAG, &o.stats, NULL,
+                "print bytes/s and the decoder's state size on stderr"),
         STX_OPT_END};
     stx_cli cli = {PROG, "CHECKPOINT [options]",
                    "Draw samples from a checkpoint written by sparsetx-train. Text models print "
@@ -268,8 +285,21 @@ int main(int argc, char **argv) {
     sc.top_p = o.top_p;
     sc.stop_byte = o.stop_byte;
     sc.seed = o.seed;
+    sc.naive = o.naive;
+    const double t0 = now_seconds();
     if (stx_sample(model, prompts, p.n, n_new, o.count, &sc, out, lengths) != STX_OK)
         stx_cli_die(PROG, "sample");
+    if (o.stats) {
+        const double dt = now_seconds() - t0;
+        int64_t generated = 0, state = 0;
+        for (int b = 0; b < o.count; ++b) generated += lengths[b] - p.n;
+        if (stx_decoder_state_bytes(model, o.count, &state) != STX_OK)
+            stx_cli_die(PROG, "state bytes");
+        fprintf(stderr,
+                "%s: %lld bytes in %.3f s (%.0f bytes/s, %s sampler); decoder state %.3f MB\n",
+                PROG, (long long)generated, dt, dt > 0 ? (double)generated / dt : 0.0,
+                o.naive ? "naive" : "key/value cache", (double)state / 1e6);
+    }
 
     if (o.wav) {
         size_t total = 0;

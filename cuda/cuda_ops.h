@@ -14,6 +14,7 @@
 #include <memory>
 #include <utility>
 
+#include "backend.h"
 #include "layout.h"
 #include "sparsetx.h"
 
@@ -124,6 +125,11 @@ public:
     void adamw_update(float *p, float *m, float *v, const float *g, int64_t n, double grad_scale,
                       double lr, double beta1, double beta2, double eps, double weight_decay,
                       bool decay, int64_t t);
+
+    // The CUDA decoder (cuda/decode.cu) over this context and the model's weights.
+    stx_status create_decoder(const DecoderSource<float> &src, int32_t batch,
+                              std::unique_ptr<Decoder> *out) const;
+    int64_t decoder_state_bytes(const ModelSpec &spec, int32_t batch) const;
 
     const std::shared_ptr<Context> &context() const { return ctx_; }
 

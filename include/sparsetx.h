@@ -57,7 +57,7 @@ extern "C" {
 #define STX_VERSION_NUMBER (STX_VERSION_MAJOR * 10000 + STX_VERSION_MINOR * 100 + STX_VERSION_PATCH)
 #define STX_VERSION_STRING "0.1.0"
 /* Bumped on any change to a public struct layout or function signature. */
-#define STX_ABI_VERSION 1
+#define STX_ABI_VERSION 2
 
 /* The library's own version; compare with STX_VERSION_NUMBER to detect a header/library
  * mismatch. */
@@ -513,6 +513,8 @@ typedef struct stx_sample_config {
     int32_t stop_byte;  /* stop a sample after it emits this byte; -1 = never (default -1) */
     double top_p;       /* keep the smallest set with probability >= top_p (default 1.0) */
     uint64_t seed;      /* same seed, backend and precision: same bytes (default 1) */
+    int32_t naive;      /* 1: recompute the whole window for every byte, the slow sampler kept
+                           for comparison; 0: a key/value cache (stx_decoder, default) */
 } stx_sample_config;
 
 STX_API stx_status stx_sample_config_init_v(stx_sample_config *sc, size_t sc_size,
@@ -522,10 +524,15 @@ STX_API stx_status stx_sample_config_init_v(stx_sample_config *sc, size_t sc_siz
 /* Generate `batch` independent samples, without dropout. Sample b starts with its own prompt
  * prompts[b][0 .. n_prompt) (n_prompt may be 0: unconditional) and gets up to n_new bytes;
  * out is [batch][n_prompt + n_new] (prompt copied in front, zeros after a stop), lengths[b]
- * (may be NULL) = n_prompt + the bytes generated, the stop byte included. A byte is drawn from
- * a window of the last n_ctx positions, so it sees at most n_ctx - 1 earlier bytes, as the
- * last row of a training window does. Each draw depends only on (seed, sample index,
- * position), so a sample does not depend on the rest of the batch. */
+ * (may be NULL) = n_prompt + the bytes generated, the stop byte included. Each draw depends
+ * only on (seed, sample index, position) and the distribution, so a sample does not depend on
+ * the rest of the batch.
+ * The default sampler is a decoder (below): the prompt goes through one forward, then each
+ * byte costs one row. The byte at position p < n_ctx sees every earlier byte, exactly as the
+ * naive sampler's; when a sample reaches n_ctx bytes the context slides: the decoder starts
+ * again from the last n_ctx / 2 bytes (as position 0), so a byte sees between n_ctx / 2 and
+ * n_ctx - 1 earlier bytes. The naive sampler (sc->naive = 1) runs a full forward over a
+ * window of the last n_ctx positions for every byte, so a byte past n_ctx sees n_ctx - 1. */
 STX_API stx_status stx_sample_v(stx_model *model, const uint8_t *prompts, int32_t n_prompt,
                                 int32_t n_new, int32_t batch, const stx_sample_config *sc,
                                 size_t sc_size, int32_t abi_version, uint8_t *out,
@@ -533,6 +540,47 @@ STX_API stx_status stx_sample_v(stx_model *model, const uint8_t *prompts, int32_
 #define stx_sample(model, prompts, n_prompt, n_new, batch, sc, out, lengths)                       \
     stx_sample_v((model), (prompts), (n_prompt), (n_new), (batch), (sc), sizeof *(sc),             \
                  STX_ABI_VERSION, (out), (lengths))
+
+/* ---------------------------------------------------------------- decoding */
+
+/* A decoder generates `batch` sequences in lockstep, one byte per sequence per step, with a
+ * key/value cache that keeps only what the model's attention pattern can still read: local:L
+ * the last L positions, fixed:L:C the current block and the summary cells of earlier blocks,
+ * strided and dense every position (strided reads only n/L + L of them per byte). A step costs
+ * in proportion to the keys it reads, not to the position.
+ *
+ * Position p = bytes fed so far (0 after create). stx_decoder_logits gives the distribution of
+ * byte p of each sequence (what row p of a forward over the same bytes gives): draw a byte,
+ * feed it with stx_decoder_step, and so on. At most n_ctx - 1 bytes can be fed: the last
+ * distribution is that of byte n_ctx - 1. No dropout. The decoder reads its model's weights:
+ * after the weights or a layer layout change (an optimizer step, stx_param_write,
+ * stx_model_set_layer_layout) its calls fail with STX_ERR_STATE until stx_decoder_reset; after
+ * stx_model_free they fail with STX_ERR_STATE. A decoder is confined to one thread with its
+ * model (not concurrently with the model's own calls); a stx_forward's activations are not
+ * kept across decoder calls (call stx_forward again before stx_backward). */
+typedef struct stx_decoder stx_decoder;
+
+/* A decoder of `batch` (>= 1) sequences at position 0. The cache is allocated whole here (on
+ * the model's device): stx_decoder_state_bytes tells its size beforehand. */
+STX_API stx_status stx_decoder_create(stx_model *model, int32_t batch, stx_decoder **out);
+STX_API void stx_decoder_free(stx_decoder *decoder);
+/* Bytes of the key/value cache a decoder of `batch` sequences holds for this model: per layer
+ * batch x heads x slots x (key + value head dims) elements (4 bytes in fp32, 2 in bf16 on CUDA,
+ * 8 in fp64); slots = n_ctx for dense/strided heads, L + (n_ctx / L) C for fixed:L:C, L for
+ * local:L. A decoder also holds O(batch x width) working rows and, on CUDA, a copy of the
+ * weights in the compute precision. */
+STX_API stx_status stx_decoder_state_bytes(const stx_model *model, int32_t batch, int64_t *bytes);
+/* Feeds tokens [batch][n] (n >= 0, position + n < n_ctx). At position 0 they go through one
+ * ordinary forward (fast); later, one step per byte. */
+STX_API stx_status stx_decoder_prefill(stx_decoder *decoder, const uint8_t *tokens, int32_t n);
+/* Feeds bytes[batch], one per sequence (position + 1 < n_ctx). */
+STX_API stx_status stx_decoder_step(stx_decoder *decoder, const uint8_t *bytes);
+/* The logits of the next byte's distribution, [batch][256], in f32 or f64. */
+STX_API stx_status stx_decoder_logits(const stx_decoder *decoder, stx_dtype dtype, void *dst,
+                                      size_t count);
+STX_API stx_status stx_decoder_position(const stx_decoder *decoder, int32_t *position);
+/* Back to position 0, with the model's current weights and layouts. */
+STX_API stx_status stx_decoder_reset(stx_decoder *decoder);
 
 #ifdef __cplusplus
 }

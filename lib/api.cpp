@@ -123,6 +123,15 @@ template <typename S> struct Typed {
 
 namespace stx {
 
+stx_status check_tokens(const stx_model *m, const char *fn, const uint8_t *tokens, int32_t B,
+                        int32_t T) {
+    return check_batch(m, fn, tokens, B, T);
+}
+
+stx_status check_dtype_arg(const char *fn, stx_dtype dtype) {
+    return check_dtype(fn, dtype);
+}
+
 // OpenMP's thread count is a per-thread setting that outlives the call: set it on every
 // entry, back to the process default for n_threads == 0, so models do not leak it.
 void use_threads(const stx_model *m) {
@@ -491,6 +500,7 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
                         norm, static_cast<long long>(model->step));
         }
         const double scale = o.grad_clip > 0.0 ? std::fmin(1.0, o.grad_clip / (norm + 1e-6)) : 1.0;
+        ++model->weights_version; // before the call: a failure half-way changed them too
         if ((s = model->backend->adamw_step(o, lr, scale, model->step + 1)) != STX_OK) return s;
         ++model->step;
         model->grads_pending = false;
@@ -609,6 +619,7 @@ static stx_status tensor_io(stx_model *model, const char *fn, stx::TensorKind ki
     if (st != STX_OK) return st;
     return guarded(fn, [&] {
         if (src) {
+            if (kind == stx::TensorKind::Param) ++model->weights_version;
             stx_status s = model->backend->tensor_write(kind, index, dtype, src);
             if (s == STX_OK && kind == stx::TensorKind::Param) model->forward_ready = false;
             return s;
@@ -793,6 +804,7 @@ STX_API stx_status stx_model_set_layer_layout(stx_model *model, int32_t layer,
                     model->cfg.block_size);
     return guarded(fn, [&] {
         model->user_layouts = true;
+        ++model->weights_version; // decoders planned their caches for the old layout
         model->backend->set_layer_layout(layer, layout->layout);
         model->forward_ready = false;
         return STX_OK;

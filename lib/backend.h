@@ -13,6 +13,9 @@
 
 namespace stx {
 
+// The model's LayerNorm epsilons (blocks, final), for every implementation of it.
+const double kBlockLayerNormEps = 1e-5, kFinalLayerNormEps = 1e-6;
+
 // Everything a backend needs to build a model.
 struct ModelSpec {
     stx_config cfg;
@@ -21,12 +24,53 @@ struct ModelSpec {
     std::vector<std::shared_ptr<const Layout>> layer_layouts; // one per layer (shared)
 };
 
+// Told what a forward computes as it goes (a decoder's prefill keeps the keys and values).
+// Pointers are backend memory (host for ref/, device for cuda/) of the backend's Scalar.
+class ForwardObserver {
+public:
+    virtual ~ForwardObserver() = default;
+    // Block `layer`'s keys [B, T, QK] and values [B, T, C], as its attention reads them.
+    virtual void keys_values(int32_t layer, const void *k, const void *v) = 0;
+    // The logits [B, T, 256], at the end.
+    virtual void logits(const void *logits) = 0;
+};
+
 // What a forward pass is asked to do.
 struct ForwardArgs {
     const uint8_t *tokens = nullptr; // [B, T]
     int32_t B = 0, T = 0;
     bool training = false;     // apply residual dropout
     uint64_t dropout_step = 0; // the counter of the dropout mask
+    ForwardObserver *observer = nullptr;
+};
+
+// Incremental decoding of `batch` sequences in lockstep (lib/decode_plan.h says what it keeps).
+// Position p = bytes fed so far; the logits are the distribution of byte p, computed from the
+// row at position p, whose input is byte p - 1 (the start vector at p = 0). Arguments are
+// validated by lib/decode.cpp; a decoder reads its model's weights, which must not change
+// while it is used (the API checks).
+class Decoder {
+public:
+    virtual ~Decoder() = default;
+    // Back to position 0 with the row of position 0 computed.
+    virtual stx_status reset() = 0;
+    // At position 0: feeds tokens [B][n] (1 <= n < n_ctx) through one ordinary forward.
+    virtual stx_status prefill(const uint8_t *tokens, int32_t n) = 0;
+    // Feeds bytes[B] at the current position (position + 1 < n_ctx).
+    virtual stx_status step(const uint8_t *bytes) = 0;
+    // The current distribution's logits, [B][256].
+    virtual stx_status logits_read(stx_dtype dtype, void *dst) const = 0;
+    virtual int64_t position() const = 0;
+    // Bytes of the key/value cache.
+    virtual int64_t state_bytes() const = 0;
+};
+
+// What a backend hands its decoder: the spec (for the layer layouts) and weights it keeps,
+// and itself, for the prefill's forward. All outlive the decoder (lib/decode.cpp checks).
+template <typename S> struct DecoderSource {
+    const ModelSpec *spec = nullptr;
+    class Backend *model = nullptr;
+    const S *params = nullptr;
 };
 
 // Adam moments (AdamM, AdamV) read as zeros before the first optimizer step.
@@ -57,6 +101,10 @@ public:
     virtual void memory(int64_t *in_use, int64_t *peak) const = 0;
     // Refuse any allocation that would take the backend past `bytes` (0: no limit).
     virtual void set_memory_limit(int64_t bytes) = 0;
+    // A decoder of `batch` sequences over this model's weights, at position 0.
+    virtual stx_status create_decoder(int32_t batch, std::unique_ptr<Decoder> *out) = 0;
+    // Bytes of the key/value cache such a decoder holds.
+    virtual int64_t decoder_state_bytes(int32_t batch) const = 0;
 };
 
 // The CPU reference backend (ref/model.cpp), float or double per spec.cfg.precision.

@@ -28,6 +28,10 @@ struct stx_model {
     int32_t last_B = 0, last_T = 0;
     std::string app_state;     // the application text of the checkpoint it was loaded from
     bool user_layouts = false; // a layer's layout was replaced (stx_model_set_layer_layout)
+    // Changed by anything that changes what a forward computes (weights, layer layouts): a
+    // decoder made before refuses to go on. `alive` expires when the model is freed.
+    uint64_t weights_version = 0;
+    std::shared_ptr<int> alive = std::make_shared<int>(0);
 };
 
 // What stands behind the public stx_layout handle: a shared, immutable layout (a model that
@@ -59,6 +63,13 @@ stx_status create_model(const stx_config &cfg, stx_model **out);
 // STX_ERR_INVALID_ARGUMENT naming fn when model is NULL or not live (freed, never created).
 stx_status check_model(const stx_model *model, const char *fn);
 stx_status check_layout(const stx_layout *layout, const char *fn);
+
+// STX_ERR_INVALID_ARGUMENT naming fn for tokens [B, T] a forward of this model cannot take
+// (NULL, B or T < 1, T > n_ctx, more memory than the machine has).
+stx_status check_tokens(const stx_model *model, const char *fn, const uint8_t *tokens, int32_t B,
+                        int32_t T);
+// STX_ERR_INVALID_ARGUMENT naming fn unless dtype is F32 or F64.
+stx_status check_dtype_arg(const char *fn, stx_dtype dtype);
 
 // Sets the OpenMP thread count of the calling thread for this model's work.
 void use_threads(const stx_model *model);

@@ -29,8 +29,6 @@
 
 namespace stx {
 
-const double kBlockLayerNormEps = 1e-5, kFinalLayerNormEps = 1e-6;
-
 template <class Ops> class LoopModel final : public Backend {
     using S = typename Ops::Scalar;
     using Buf = typename Ops::Buffer;
@@ -66,13 +64,17 @@ public:
         for (int32_t t : pt.pos_emb) pos.push_back(param(t));
         ops_.embedding_forward(stream(0), tokens_.data(), param(pt.tok_emb), param(pt.start),
                                pos.data(), d_.pos_shape, d_.n_axes, B_, T_, d_.C);
-        for (int32_t l = 0; l < d_.L; ++l) block_forward(l, acts(l), stream(l), stream(l + 1));
+        for (int32_t l = 0; l < d_.L; ++l) {
+            block_forward(l, acts(l), stream(l), stream(l + 1));
+            if (args.observer) args.observer->keys_values(l, acts(l).k.data(), acts(l).v.data());
+        }
         ops_.layernorm_forward(hf_.data(), meanf_.data(), rstdf_.data(), stream(d_.L),
                                param(pt.lnf_g), param(pt.lnf_b), N, d_.C, kFinalLayerNormEps);
         ops_.linear_forward(logits_.data(), hf_.data(), param(pt.w_out),
                             static_cast<const S *>(nullptr), N, d_.C, STX_VOCAB);
         ops_.crossentropy_forward(losses_.data(), logits_.data(), tokens_.data(), N, STX_VOCAB);
         *loss_nats = ops_.mean(losses_.data(), N);
+        if (args.observer) args.observer->logits(logits_.data());
         return ops_.status();
     }
 
@@ -157,6 +159,18 @@ public:
     void memory(int64_t *in_use, int64_t *peak) const override {
         *in_use = ops_.bytes_in_use();
         *peak = ops_.bytes_peak();
+    }
+
+    stx_status create_decoder(int32_t batch, std::unique_ptr<Decoder> *out) override {
+        DecoderSource<S> src;
+        src.spec = &spec_;
+        src.model = this;
+        src.params = params_.data();
+        return ops_.create_decoder(src, batch, out);
+    }
+
+    int64_t decoder_state_bytes(int32_t batch) const override {
+        return ops_.decoder_state_bytes(spec_, batch);
     }
 
 private:

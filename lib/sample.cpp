@@ -1,7 +1,8 @@
-// sample.cpp: stx_sample_config_init and stx_sample, the naive sampler. Every new byte runs a
-// full forward (no dropout) over the current window of all samples at once and draws from
-// the last row's logits. The draw of one distribution (temperature, top-k, top-p, inverse
-// CDF) is draw_byte(), kept apart so a cached sampler can reuse it unchanged.
+// sample.cpp: stx_sample_config_init and stx_sample. The default sampler feeds the samples
+// through a decoder (lib/backend.h; a key/value cache, one row per byte); the naive one runs a
+// full forward (no dropout) over the current window of all samples for every new byte and
+// draws from the last row's logits. Both draw with draw_byte (temperature, top-k, top-p,
+// inverse CDF) from a uniform that depends only on (seed, sample, position).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -107,13 +108,29 @@ stx_status check_args(const stx_model *model, const uint8_t *prompts, int32_t n_
                     sc->top_k);
     if (!(sc->top_p > 0.0 && sc->top_p <= 1.0))
         return fail(STX_ERR_INVALID_ARGUMENT, "%s: top_p (%g) must be in (0, 1]", fn, sc->top_p);
+    if (sc->naive != 0 && sc->naive != 1)
+        return fail(STX_ERR_INVALID_ARGUMENT, "%s: naive (%d) must be 0 or 1", fn, sc->naive);
     if (sc->stop_byte < -1 || sc->stop_byte > 255)
         return fail(STX_ERR_INVALID_ARGUMENT,
                     "%s: stop_byte (%d) must be in [-1, 255] (-1 = never)", fn, sc->stop_byte);
     return STX_OK;
 }
 
-// The sampling loop proper; arguments are valid.
+// Checks a row of logits and draws sample b's byte at `pos`.
+stx_status draw_checked(const double *logits, const DrawParams &dp, uint64_t seed, size_t b,
+                        int64_t pos, int32_t *byte) {
+    for (int32_t v = 0; v < STX_VOCAB; ++v)
+        if (!std::isfinite(logits[v]))
+            return fail(STX_ERR_INVALID_ARGUMENT,
+                        "stx_sample: model: the logits of sample %zu at position %lld are not "
+                        "finite (the weights hold NaN or infinity)",
+                        b, static_cast<long long>(pos));
+    const double u = sample_uniform(seed, static_cast<uint32_t>(b), static_cast<uint32_t>(pos));
+    *byte = draw_byte(logits, dp, u);
+    return STX_OK;
+}
+
+// The naive sampling loop; arguments are valid.
 stx_status sample_naive(stx_model *model, const uint8_t *prompts, int32_t n_prompt, int32_t n_new,
                         int32_t batch, const stx_sample_config &sc, uint8_t *out,
                         int32_t *lengths) {
@@ -174,24 +191,82 @@ stx_status sample_naive(stx_model *model, const uint8_t *prompts, int32_t n_prom
         for (size_t b = 0; b < B; ++b) {
             if (done[b]) continue;
             const size_t at = (b * size_t(T) + size_t(T - 1)) * STX_VOCAB;
-            for (int32_t v = 0; v < STX_VOCAB; ++v) {
+            for (int32_t v = 0; v < STX_VOCAB; ++v)
                 last[v] =
                     fp64 ? logits_d[at + size_t(v)] : static_cast<double>(logits_f[at + size_t(v)]);
-                if (!std::isfinite(last[v]))
-                    return fail(STX_ERR_INVALID_ARGUMENT,
-                                "stx_sample: model: the logits of sample %zu at position %lld are "
-                                "not finite (the weights hold NaN or infinity)",
-                                b, static_cast<long long>(pos));
-            }
-            const double u =
-                sample_uniform(sc.seed, static_cast<uint32_t>(b), static_cast<uint32_t>(pos));
-            const int32_t byte = draw_byte(last, dp, u);
+            int32_t byte = 0;
+            if ((st = draw_checked(last, dp, sc.seed, b, pos, &byte)) != STX_OK) return st;
             out[b * row + size_t(pos)] = static_cast<uint8_t>(byte);
             len[b] = static_cast<int32_t>(pos + 1);
             if (byte == sc.stop_byte) {
                 done[b] = 1;
                 --remaining;
             }
+        }
+    }
+    if (lengths)
+        for (size_t b = 0; b < B; ++b) lengths[b] = len[b];
+    return STX_OK;
+}
+
+// The sampling loop over a decoder (the default). The decoder holds bytes [w, pos) of every
+// sample; past n_ctx - 1 of them it starts again from the last n_ctx / 2.
+stx_status sample_cached(stx_model *model, const uint8_t *prompts, int32_t n_prompt, int32_t n_new,
+                         int32_t batch, const stx_sample_config &sc, uint8_t *out,
+                         int32_t *lengths) {
+    const size_t B = static_cast<size_t>(batch);
+    const size_t row = static_cast<size_t>(n_prompt) + static_cast<size_t>(n_new);
+    const int64_t n_ctx = model->cfg.n_ctx, keep = n_ctx / 2;
+    for (size_t b = 0; b < B; ++b) {
+        if (n_prompt > 0)
+            std::memcpy(out + b * row, prompts + b * size_t(n_prompt), size_t(n_prompt));
+        std::memset(out + b * row + size_t(n_prompt), 0, row - size_t(n_prompt));
+    }
+    std::vector<int32_t> len(B, n_prompt);
+    std::vector<char> done(B, 0);
+    DrawParams dp;
+    dp.temperature = sc.temperature;
+    dp.top_k = sc.top_k;
+    dp.top_p = sc.top_p;
+
+    std::unique_ptr<stx::Decoder> dec;
+    stx_status st = model->backend->create_decoder(batch, &dec);
+    if (st != STX_OK) return st;
+    std::vector<uint8_t> column(B), window;
+    std::vector<double> logits(B * STX_VOCAB);
+    int64_t w = n_prompt <= n_ctx - 1 ? 0 : n_prompt - keep; // the decoder's position 0
+    // Feeds bytes [w, pos) into a decoder at position 0.
+    auto refill = [&](int64_t pos) -> stx_status {
+        const size_t n = static_cast<size_t>(pos - w);
+        if (n == 0) return STX_OK;
+        window.resize(B * n);
+        for (size_t b = 0; b < B; ++b) std::memcpy(&window[b * n], out + b * row + size_t(w), n);
+        return dec->prefill(window.data(), static_cast<int32_t>(n));
+    };
+    if ((st = refill(n_prompt)) != STX_OK) return st;
+    size_t remaining = B;
+    for (int32_t i = 0; i < n_new && remaining > 0; ++i) {
+        const int64_t pos = static_cast<int64_t>(n_prompt) + i;
+        if (pos - w > n_ctx - 1) { // slide the context
+            w = pos - keep;
+            if ((st = dec->reset()) != STX_OK || (st = refill(pos)) != STX_OK) return st;
+        }
+        if ((st = dec->logits_read(STX_DTYPE_F64, logits.data())) != STX_OK) return st;
+        for (size_t b = 0; b < B; ++b) {
+            if (done[b]) continue;
+            int32_t byte = 0;
+            if ((st = draw_checked(&logits[b * STX_VOCAB], dp, sc.seed, b, pos, &byte)) != STX_OK)
+                return st;
+            out[b * row + size_t(pos)] = static_cast<uint8_t>(byte);
+            len[b] = static_cast<int32_t>(pos + 1);
+            if (byte == sc.stop_byte) {
+                done[b] = 1;
+                --remaining;
+            }
+        }
+        if (i + 1 < n_new && remaining > 0 && pos + 1 - w <= n_ctx - 1) {
+            for (size_t b = 0; b < B; ++b) column[b] = out[b * row + size_t(pos)];
+            if ((st = dec->step(column.data())) != STX_OK) return st;
         }
     }
     if (lengths)
@@ -214,6 +289,7 @@ STX_API stx_status stx_sample_config_init_v(stx_sample_config *sc, size_t sc_siz
     sc->stop_byte = -1;
     sc->top_p = 1.0;
     sc->seed = 1;
+    sc->naive = 0;
     return STX_OK;
 }
 
@@ -228,7 +304,9 @@ STX_API stx_status stx_sample_v(stx_model *model, const uint8_t *prompts, int32_
         stx::use_threads(model);
         const stx_sample_config config = *sc;
         const stx_status s =
-            sample_naive(model, prompts, n_prompt, n_new, batch, config, out, lengths);
+            config.naive
+                ? sample_naive(model, prompts, n_prompt, n_new, batch, config, out, lengths)
+                : sample_cached(model, prompts, n_prompt, n_new, batch, config, out, lengths);
         // The forwards reused the activation and logits memory: a following stx_backward
         // needs a new stx_forward, and stx_logits_read has nothing of the caller's to read.
         model->forward_ready = false;

@@ -5,11 +5,19 @@
 #include <vector>
 
 #include "backend.h"
+#include "decode_plan.h"
 #include "error.h"
 #include "model_loop.h"
 #include "ops.h"
 
 namespace stx {
+namespace ref {
+// ref/decoder.cpp
+template <typename S>
+stx_status create_decoder(const DecoderSource<S> &src, int32_t batch,
+                          std::unique_ptr<Decoder> *out);
+} // namespace ref
+
 namespace {
 
 // The op policy of lib/model_loop.h for host memory: each op is its ref:: twin.
@@ -90,6 +98,13 @@ template <typename S> struct RefOps {
                                    scale);
     }
     template <typename... A> void adamw_update(A... a) { ref::adamw_update<S>(a...); }
+    stx_status create_decoder(const DecoderSource<S> &src, int32_t batch,
+                              std::unique_ptr<Decoder> *out) const {
+        return ref::create_decoder<S>(src, batch, out);
+    }
+    int64_t decoder_state_bytes(const ModelSpec &spec, int32_t batch) const {
+        return decode_state_bytes(spec, batch, static_cast<int32_t>(sizeof(S)));
+    }
 
     int64_t in_use_ = 0, peak_ = 0, limit_ = 0; // the loop's buffers' bytes; 0: no limit
 };

@@ -3,7 +3,8 @@
  *  - the same seed gives the same bytes, also when the batch changes (the draw of a sample
  *    depends only on seed, sample index and position); another seed gives other bytes;
  *  - temperature 1e-4, top_k 1 and a tiny top_p all equal greedy decoding, computed here from
- *    stx_evaluate + stx_logits_read over the same sliding window (also beyond n_ctx);
+ *    stx_evaluate + stx_logits_read over the same window (also beyond n_ctx), for the decoder
+ *    (the context slides by half past n_ctx) and the naive sampler (a window per byte);
  *  - stop_byte ends a sample right after it and lengths[] says so;
  *  - the prompt is copied verbatim in front; unconditional sampling works;
  *  - 4000 single-byte draws from a model with known logits follow softmax(logits / T) for
@@ -135,14 +136,18 @@ static void test_deterministic_fp64(void **state) {
 }
 
 /* Greedy decoding through stx_evaluate: the byte at pos is the argmax (lowest byte on ties)
- * of the last row of a forward over the window of min(pos + 1, n_ctx) tokens ending at pos. */
+ * of the last row of a forward over a window of T tokens ending at pos. The naive sampler's
+ * window is the last min(pos + 1, n_ctx) tokens; the decoder's starts at w, 0 until
+ * pos - w would pass n_ctx - 1, then pos - n_ctx / 2 (the context slides by half). */
 static void greedy(stx_model *m, int32_t n_ctx, const uint8_t *prompt, int32_t n_prompt,
-                   int32_t n_new, uint8_t *dst) {
+                   int32_t n_new, int naive, uint8_t *dst) {
     memcpy(dst, prompt, (size_t)n_prompt);
     float *logits = malloc((size_t)n_ctx * STX_VOCAB * sizeof *logits);
     uint8_t *window = malloc((size_t)n_ctx);
+    int32_t w = n_prompt <= n_ctx - 1 ? 0 : n_prompt - n_ctx / 2;
     for (int32_t pos = n_prompt; pos < n_prompt + n_new; ++pos) {
-        const int32_t T = pos + 1 < n_ctx ? pos + 1 : n_ctx;
+        if (pos - w > n_ctx - 1) w = pos - n_ctx / 2;
+        const int32_t T = naive ? (pos + 1 < n_ctx ? pos + 1 : n_ctx) : pos - w + 1;
         memcpy(window, dst + pos + 1 - T, (size_t)(T - 1));
         window[T - 1] = 0;
         CHECK_OK(stx_evaluate(m, window, 1, T, NULL));
@@ -162,29 +167,34 @@ static void test_greedy(void **state) {
     enum { CTX = 16, NP = 5, NN = 20, B = 2, L = NP + NN };
     stx_model *m = make_model(CTX, STX_PRECISION_FP32, 9);
     uint8_t prompts[B * NP] = {'h', 'e', 'l', 'l', 'o', 'w', 'o', 'r', 'l', 'd'};
-    uint8_t want[B * L], got[B * L];
-    for (int b = 0; b < B; ++b) greedy(m, CTX, prompts + b * NP, NP, NN, want + b * L);
-    /* The draws must not be constant, or the comparison proves little. */
-    int distinct = 0;
-    for (int i = NP + 1; i < L; ++i) distinct += want[i] != want[NP];
-    assert_true(distinct > 0);
+    for (int naive = 0; naive <= 1; ++naive) {
+        uint8_t want[B * L], got[B * L];
+        for (int b = 0; b < B; ++b) greedy(m, CTX, prompts + b * NP, NP, NN, naive, want + b * L);
+        /* The draws must not be constant, or the comparison proves little. */
+        int distinct = 0;
+        for (int i = NP + 1; i < L; ++i) distinct += want[i] != want[NP];
+        assert_true(distinct > 0);
 
-    stx_sample_config sc = sample_config(3);
-    sc.temperature = 0.0001;
-    CHECK_OK(stx_sample(m, prompts, NP, NN, B, &sc, got, NULL));
-    assert_memory_equal(got, want, sizeof want);
+        stx_sample_config sc = sample_config(3);
+        sc.naive = naive;
+        sc.temperature = 0.0001;
+        CHECK_OK(stx_sample(m, prompts, NP, NN, B, &sc, got, NULL));
+        assert_memory_equal(got, want, sizeof want);
 
-    sc = sample_config(4);
-    sc.top_k = 1;
-    memset(got, 0, sizeof got);
-    CHECK_OK(stx_sample(m, prompts, NP, NN, B, &sc, got, NULL));
-    assert_memory_equal(got, want, sizeof want);
+        sc = sample_config(4);
+        sc.naive = naive;
+        sc.top_k = 1;
+        memset(got, 0, sizeof got);
+        CHECK_OK(stx_sample(m, prompts, NP, NN, B, &sc, got, NULL));
+        assert_memory_equal(got, want, sizeof want);
 
-    sc = sample_config(5);
-    sc.top_p = 1e-9;
-    memset(got, 0, sizeof got);
-    CHECK_OK(stx_sample(m, prompts, NP, NN, B, &sc, got, NULL));
-    assert_memory_equal(got, want, sizeof want);
+        sc = sample_config(5);
+        sc.naive = naive;
+        sc.top_p = 1e-9;
+        memset(got, 0, sizeof got);
+        CHECK_OK(stx_sample(m, prompts, NP, NN, B, &sc, got, NULL));
+        assert_memory_equal(got, want, sizeof want);
+    }
     stx_model_free(m);
 }
 
@@ -444,6 +454,12 @@ static void test_bad_arguments(void **state) {
         sc = good;
         sc.stop_byte = bad_stop[i];
         expect_invalid(stx_sample(m, prompt, 4, 4, 1, &sc, out, len), "stop_byte");
+    }
+    const int32_t bad_naive[2] = {-1, 2};
+    for (int i = 0; i < 2; ++i) {
+        sc = good;
+        sc.naive = bad_naive[i];
+        expect_invalid(stx_sample(m, prompt, 4, 4, 1, &sc, out, len), "naive");
     }
     /* The edges of every range are accepted. */
     sc = good;

@@ -41,7 +41,7 @@ VERSION_MINOR = 1
 VERSION_PATCH = 0
 VERSION_NUMBER = VERSION_MAJOR * 10000 + VERSION_MINOR * 100 + VERSION_PATCH
 VERSION_STRING = "0.1.0"
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 FEATURE_CUDA = 1
 FEATURE_OPENMP = 2
@@ -132,6 +132,7 @@ class SampleConfig(ctypes.Structure):
         ("stop_byte", ctypes.c_int32),
         ("top_p", ctypes.c_double),
         ("seed", ctypes.c_uint64),
+        ("naive", ctypes.c_int32),
     ]
 
 
@@ -161,8 +162,13 @@ class _Layout(ctypes.Structure):
     pass
 
 
+class _Decoder(ctypes.Structure):
+    pass
+
+
 ModelPtr = ctypes.POINTER(_Model)
 LayoutPtr = ctypes.POINTER(_Layout)
+DecoderPtr = ctypes.POINTER(_Decoder)
 DatasetPtr = ctypes.POINTER(_Dataset)
 LogFn = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
 
@@ -242,6 +248,14 @@ _SIGNATURES = {
     "stx_sample_config_init_v": (_status, [_P(SampleConfig), _sz, _i32]),
     "stx_sample_v": (_status, [ModelPtr, _P(ctypes.c_uint8), _i32, _i32, _i32, _P(SampleConfig),
                                _sz, _i32, _P(ctypes.c_uint8), _P(_i32)]),
+    "stx_decoder_create": (_status, [ModelPtr, _i32, _P(DecoderPtr)]),
+    "stx_decoder_free": (None, [DecoderPtr]),
+    "stx_decoder_state_bytes": (_status, [ModelPtr, _i32, _P(_i64)]),
+    "stx_decoder_prefill": (_status, [DecoderPtr, _P(ctypes.c_uint8), _i32]),
+    "stx_decoder_step": (_status, [DecoderPtr, _P(ctypes.c_uint8)]),
+    "stx_decoder_logits": (_status, [DecoderPtr, _i32, _vp, _sz]),
+    "stx_decoder_position": (_status, [DecoderPtr, _P(_i32)]),
+    "stx_decoder_reset": (_status, [DecoderPtr]),
 }
 
 
@@ -487,8 +501,18 @@ class Model:
         self._call("stx_model_save", self.handle, os.fsencode(path),
                    None if app_state is None else app_state.encode())
 
+    def decoder(self, batch=1):
+        """A Decoder of `batch` sequences at position 0 (stx_decoder_create)."""
+        return Decoder(self, batch)
+
+    def decoder_state_bytes(self, batch=1):
+        """Bytes of the key/value cache a decoder of `batch` sequences holds."""
+        n = ctypes.c_int64()
+        self._call("stx_decoder_state_bytes", self.handle, batch, ctypes.byref(n))
+        return n.value
+
     def sample(self, prompts, n_new, batch=1, temperature=1.0, top_k=0, top_p=1.0, seed=1,
-               stop_byte=-1):
+               stop_byte=-1, naive=False):
         """`batch` samples, each after its prompt (bytes of equal length, one per sample, or
         one prompt shared by all); returns a list of bytes objects (prompt included)."""
         if isinstance(prompts, (bytes, bytearray)):
@@ -496,8 +520,8 @@ class Model:
         n_prompt = len(prompts[0]) if prompts else 0
         sc = SampleConfig()
         self._call("stx_sample_config_init_v", ctypes.byref(sc), ctypes.sizeof(sc), ABI_VERSION)
-        sc.temperature, sc.top_k, sc.top_p, sc.seed, sc.stop_byte = (
-            temperature, top_k, top_p, seed, stop_byte)
+        sc.temperature, sc.top_k, sc.top_p, sc.seed, sc.stop_byte, sc.naive = (
+            temperature, top_k, top_p, seed, stop_byte, int(naive))
         flat = (ctypes.c_uint8 * max(1, batch * n_prompt)).from_buffer_copy(
             b"".join(prompts) or b"\0")
         out = (ctypes.c_uint8 * (batch * (n_prompt + n_new)))()
@@ -590,3 +614,71 @@ class Model:
     def write_grad(self, name, values):
         """Overwrite the gradient of parameter `name` from a flat sequence of floats."""
         self._write("stx_grad_write", name, values)
+
+
+class Decoder:
+    """An stx_decoder: generation a byte at a time with a key/value cache.
+
+    ``logits()`` is the distribution of the next byte of each sequence (a list of `batch`
+    array('d') rows of 256); ``step(bytes_)`` feeds one byte per sequence; ``prefill(prompts)``
+    feeds equal-length prompts (one forward at position 0). Keep the Model open while it is used.
+    """
+
+    def __init__(self, model, batch=1):
+        self.model, self.lib, self.batch = model, model.lib, batch
+        self._handle = None
+        handle = DecoderPtr()
+        self._call("stx_decoder_create", model.handle, batch, ctypes.byref(handle))
+        self._handle = handle
+
+    def close(self):
+        """Free the decoder (idempotent)."""
+        if self._handle is not None:
+            self.lib.stx_decoder_free(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _call(self, name, *args):
+        check(self.lib, getattr(self.lib, name)(*args), name)
+
+    @property
+    def position(self):
+        """Bytes fed so far."""
+        n = ctypes.c_int32()
+        self._call("stx_decoder_position", self._handle, ctypes.byref(n))
+        return n.value
+
+    def prefill(self, prompts):
+        """Feed one prompt per sequence (bytes of equal length)."""
+        n = len(prompts[0])
+        if any(len(p) != n for p in prompts) or len(prompts) != self.batch:
+            raise ValueError("prefill: %d prompts of equal length expected" % self.batch)
+        flat = (ctypes.c_uint8 * max(1, self.batch * n)).from_buffer_copy(
+            b"".join(prompts) or b"\0")
+        self._call("stx_decoder_prefill", self._handle, flat, n)
+
+    def step(self, bytes_):
+        """Feed one byte per sequence (a bytes object or list of ints of length batch)."""
+        col = (ctypes.c_uint8 * self.batch)(*bytes(bytes_))
+        self._call("stx_decoder_step", self._handle, col)
+
+    def logits(self):
+        """The next byte's logits, one array('d') of 256 per sequence."""
+        out = array.array("d", bytes(8 * 256 * self.batch))
+        self._call("stx_decoder_logits", self._handle, DTYPE_F64, _ptr(out), len(out))
+        return [out[b * 256:(b + 1) * 256] for b in range(self.batch)]
+
+    def reset(self):
+        """Back to position 0 with the model's current weights."""
+        self._call("stx_decoder_reset", self._handle)

@@ -30,7 +30,7 @@ import sparsetx_ctypes as stx  # noqa: E402
 
 FLAGS = ["--device", "--prompt", "--prompt-file", "--image-prefix", "--kind", "--index",
          "--rows", "-n", "--length", "--temperature", "--top-k", "--top-p", "--seed", "--count",
-         "--stop-byte", "--output", "--wav", "--rate", "--help"]
+         "--stop-byte", "--output", "--wav", "--rate", "--naive", "--stats", "--help"]
 
 failures = []
 
@@ -158,6 +158,14 @@ def main():
                "--count 3: not three samples separated by ----: %r" % out)
         rc, out, _ = run(tool, text, "-n", "40")  # unconditional, beyond n_ctx
         expect(rc == 0 and len(out) == 41, "unconditional 40 bytes: %d %r" % (rc, out))
+        # the naive sampler draws the same bytes within n_ctx (the same distributions up to
+        # rounding, the same uniforms); --stats reports on stderr only
+        rc, out, err = run(tool, text, *base, "--seed", "5", "--naive", "--stats")
+        expect(rc == 0 and out == out1, "--naive differs from the decoder: %r vs %r" % (out, out1))
+        expect(b"bytes/s" in err and b"naive" in err, "--stats printed %r" % err)
+        rc, _, err = run(tool, text, *base, "--stats")
+        expect(rc == 0 and b"key/value cache" in err and b"state" in err,
+               "--stats printed %r" % err)
 
         # usage
         rc, out, _ = run(tool, "--help")

@@ -1,0 +1,713 @@
+// decode.cu: the CUDA decoder (lib/backend.h Decoder). One step feeds one byte per sequence
+// through every block as B rows, attending to a key/value cache laid out and read by
+// lib/decode_plan.h, and is one CUDA graph, so batch-1 decoding is not bound by launches:
+//   embed + LN1 | per layer: [q;k;v] GEMM, attention, proj GEMM, residual + LN2, W1 GEMM,
+//   bias + GELU, W2 GEMM, residual + next LN | logits GEMM.
+// Matrices run in the model's precision: fp32 (cuBLAS pedantic, no TF32) or bf16 operands
+// with fp32 accumulation, rounding exactly what the training forward rounds (GEMM inputs,
+// attention's q, k, v), so a step's distribution is the forward's last row up to summation
+// order. The weights are copied once per decoder into that precision, [Wq; Wk; Wv] stacked
+// so the three projections are one GEMM.
+//
+// Attention (decode_attention_kernel): one CTA per (sequence, head, split of the candidate
+// keys); a thread scores one candidate key per tile of 128, the tile's values are summed by
+// threads along the value dim, an online softmax runs across tiles, and the last CTA of a
+// (sequence, head) to finish merges the splits' partial results (a ticket counter), so no
+// second kernel is launched. The key of the current position is taken from the projection
+// directly; split 0 writes it to the cache for later steps.
+#include <cuda_bf16.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <type_traits>
+#include <vector>
+
+#include "backend.h"
+#include "context.cuh"
+#include "decode_plan.h"
+
+namespace stx {
+namespace cuda {
+namespace {
+
+const int kAttnThreads = 128;  // candidate keys per tile
+const int kKeysPerSplit = 512; // candidates a CTA takes at least before the work is split
+const int kRowsPerCta = 4;     // LayerNorm rows per CTA (a warp each)
+
+template <typename E> __device__ __forceinline__ E to_e(float x);
+template <> __device__ __forceinline__ float to_e<float>(float x) {
+    return x;
+}
+template <> __device__ __forceinline__ __nv_bfloat16 to_e<__nv_bfloat16>(float x) {
+    return __float2bfloat16(x);
+}
+__device__ __forceinline__ float to_f(float x) {
+    return x;
+}
+__device__ __forceinline__ float to_f(__nv_bfloat16 x) {
+    return __bfloat162float(x);
+}
+
+template <typename E> __global__ void cast_kernel(E *dst, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        dst[i] = to_e<E>(src[i]);
+}
+
+struct PosArgs {
+    const float *table[STX_MAX_POS_AXES];
+    int32_t shape[STX_MAX_POS_AXES];
+    int32_t n_axes;
+};
+
+// x[b] = the input of row *row: the start vector at row 0, else tok[bytes[b]] plus the
+// position embeddings of row - 1 (the layer loop's shift right).
+__global__ void embed_kernel(float *x, const int64_t *row_and_bytes, const float *tok,
+                             const float *start, PosArgs pos, int32_t C) {
+    const int32_t b = blockIdx.x;
+    const int64_t row = row_and_bytes[0];
+    const uint8_t *bytes = reinterpret_cast<const uint8_t *>(row_and_bytes + 1);
+    int32_t coord[STX_MAX_POS_AXES] = {0, 0, 0, 0};
+    int64_t rest = row - 1;
+    for (int32_t a = pos.n_axes - 1; a >= 0 && row > 0; --a) {
+        coord[a] = static_cast<int32_t>(rest % pos.shape[a]);
+        rest /= pos.shape[a];
+    }
+    for (int32_t c = threadIdx.x; c < C; c += blockDim.x) {
+        float v;
+        if (row == 0) {
+            v = start[c];
+        } else {
+            v = tok[static_cast<int64_t>(bytes[b]) * C + c];
+            for (int32_t a = 0; a < pos.n_axes; ++a)
+                v += pos.table[a][static_cast<int64_t>(coord[a]) * C + c];
+        }
+        x[static_cast<int64_t>(b) * C + c] = v;
+    }
+}
+
+// x += a + a_bias (when a is given), then h = LayerNorm(x) g + b in E; a warp per row, the
+// same arithmetic as cuda/rows.cu's LayerNorm.
+template <typename E>
+__global__ void residual_layernorm_kernel(float *x, const float *a, const float *a_bias,
+                                          const float *g, const float *bb, E *h, int32_t B,
+                                          int32_t C, float eps) {
+    const int32_t row = blockIdx.x * kRowsPerCta + threadIdx.y;
+    if (row >= B) return;
+    float *xr = x + static_cast<int64_t>(row) * C;
+    if (a) {
+        const float *ar = a + static_cast<int64_t>(row) * C;
+        for (int32_t c = threadIdx.x; c < C; c += 32) xr[c] = xr[c] + (ar[c] + a_bias[c]);
+        __syncwarp();
+    }
+    float sum = 0.0f;
+    for (int32_t c = threadIdx.x; c < C; c += 32) sum += xr[c];
+    const float mu = warp_sum(sum) / static_cast<float>(C);
+    float sq = 0.0f;
+    for (int32_t c = threadIdx.x; c < C; c += 32) sq += (xr[c] - mu) * (xr[c] - mu);
+    const float var = warp_sum(sq) / static_cast<float>(C);
+    const float rs = 1.0f / sqrtf(var + eps);
+    E *hr = h + static_cast<int64_t>(row) * C;
+    for (int32_t c = threadIdx.x; c < C; c += 32) hr[c] = to_e<E>((xr[c] - mu) * rs * g[c] + bb[c]);
+}
+
+// g = gelu(f + bias) in E (cuda/elementwise.cu's GELU).
+template <typename E>
+__global__ void bias_gelu_kernel(E *g, const float *f, const float *bias, int64_t n, int32_t F) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+        const float x = f[i] + bias[i % F];
+        g[i] = to_e<E>(x * (1.0f / (1.0f + expf(-1.702f * x))));
+    }
+}
+
+template <typename E> struct AttnArgs {
+    const int64_t *row; // the position being computed
+    const float *qkv;   // [B][2 QK + C]: x Wq^T, x Wk^T, x Wv^T without biases
+    const float *bq, *bk, *bv;
+    E *kcache, *vcache;      // [B][H][slots][Dq or Dv]
+    const DecodeHead *heads; // [H]
+    const uint8_t *user;
+    int32_t user_nb, user_bs;
+    int64_t slots;
+    float *partial;   // [B][H][max_splits][Dv + 2]: m, l, acc
+    int32_t *tickets; // [B][H], zero between launches
+    E *out;           // [B][C]
+    int32_t H, QK, C, max_splits;
+    float scale;
+};
+
+__device__ __forceinline__ float block_reduce(float v, bool is_max, float *scratch) {
+    v = is_max ? warp_max(v) : warp_sum(v);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    if (lane == 0) scratch[warp] = v;
+    __syncthreads();
+    float r = scratch[0];
+    for (int w = 1; w < kAttnThreads / 32; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
+    __syncthreads();
+    return r;
+}
+
+// Dot product of q (shared, float) with a cached key row of E, 16-byte loads.
+template <typename E, int DQ> __device__ __forceinline__ float dot_row(const float *q, const E *k) {
+    constexpr int kPer = 16 / sizeof(E);
+    float s = 0.0f;
+#pragma unroll
+    for (int c = 0; c < DQ / kPer; ++c) {
+        const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(k) + c);
+        E vals[kPer];
+        memcpy(vals, &raw, sizeof raw);
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) s += q[c * kPer + e] * to_f(vals[e]);
+    }
+    return s;
+}
+
+template <typename E, int DQ, int DV>
+__global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs<E> a) {
+    constexpr int kGroups = kAttnThreads / DV; // threads per value dim
+    __shared__ float q[DQ], knew[DQ], vnew[DV];
+    __shared__ float score[kAttnThreads];
+    __shared__ int64_t slot_of[kAttnThreads]; // -1: the new key, -2: none
+    __shared__ float red[kAttnThreads / 32];
+    __shared__ float acc_part[kGroups][DV];
+    __shared__ DecodeHead hd;
+    __shared__ int is_last;
+
+    const int tid = threadIdx.x;
+    const int32_t bh = blockIdx.x, b = bh / a.H, h = bh % a.H, split = blockIdx.y;
+    const int64_t r = *a.row;
+    if (tid == 0) hd = a.heads[h];
+    const float *row = a.qkv + static_cast<int64_t>(b) * (2 * a.QK + a.C);
+    for (int d = tid; d < DQ; d += kAttnThreads) {
+        q[d] = to_f(to_e<E>(row[h * DQ + d] + a.bq[h * DQ + d]));
+        knew[d] = to_f(to_e<E>(row[a.QK + h * DQ + d] + a.bk[h * DQ + d]));
+    }
+    for (int d = tid; d < DV; d += kAttnThreads)
+        vnew[d] = to_f(to_e<E>(row[2 * a.QK + h * DV + d] + a.bv[h * DV + d]));
+    __syncthreads();
+
+    int64_t count[kDecodeMaxComps], total = 0;
+    for (int p = 0; p < hd.n_comps; ++p)
+        total += (count[p] = decode_candidate_count(hd.comps[p], r));
+    const int64_t want = (total + kKeysPerSplit - 1) / kKeysPerSplit;
+    const int32_t n_splits = static_cast<int32_t>(want < a.max_splits ? want : a.max_splits);
+    if (split >= n_splits) return; // the same for the whole CTA
+
+    E *kbase = a.kcache + static_cast<int64_t>(bh) * a.slots * DQ;
+    E *vbase = a.vcache + static_cast<int64_t>(bh) * a.slots * DV;
+    if (split == 0) { // the new key and value, for later steps (nobody reads their slots now)
+        int64_t s[2];
+        decode_write_slots(hd, r, &s[0], &s[1]);
+        for (int e = 0; e < 2; ++e) {
+            if (s[e] < 0) continue;
+            for (int d = tid; d < DQ; d += kAttnThreads) kbase[s[e] * DQ + d] = to_e<E>(knew[d]);
+            for (int d = tid; d < DV; d += kAttnThreads) vbase[s[e] * DV + d] = to_e<E>(vnew[d]);
+        }
+    }
+
+    const int64_t chunk = (total + n_splits - 1) / n_splits;
+    const int64_t begin = split * chunk, end = begin + chunk < total ? begin + chunk : total;
+    const int dv = tid % DV, group = tid / DV;
+    float m = -INFINITY, l = 0.0f, acc = 0.0f;
+    for (int64_t tile = begin; tile < end; tile += kAttnThreads) {
+        const int64_t t = tile + tid;
+        float s = -INFINITY;
+        int64_t slot = -2;
+        if (t < end) {
+            int p = 0;
+            int64_t tp = t;
+            while (tp >= count[p]) tp -= count[p++];
+            const int64_t key = decode_candidate(hd.comps[p], h, r, tp);
+            if (key >= 0 && key <= r &&
+                decode_reads(hd, a.user, a.user_nb, a.user_bs, h, p, r, key)) {
+                if (key == r) {
+                    slot = -1;
+                    float dot = 0.0f;
+                    for (int d = 0; d < DQ; ++d) dot += q[d] * knew[d];
+                    s = dot * a.scale;
+                } else {
+                    slot = decode_read_slot(hd, r, key);
+                    s = dot_row<E, DQ>(q, kbase + slot * DQ) * a.scale;
+                }
+            }
+        }
+        slot_of[tid] = slot;
+        const float tile_max = block_reduce(s, true, red);
+        const float m_new = fmaxf(m, tile_max);
+        if (m_new == -INFINITY) continue; // nothing read yet (uniform across the CTA)
+        const float alpha = m == -INFINITY ? 0.0f : expf(m - m_new);
+        const float pr = slot == -2 ? 0.0f : expf(s - m_new);
+        score[tid] = pr;
+        const float tile_sum = block_reduce(pr, false, red); // also orders score[] writes
+        l = l * alpha + tile_sum;
+        acc *= alpha;
+        for (int e = group; e < kAttnThreads; e += kGroups) {
+            const int64_t sl = slot_of[e];
+            if (sl == -2) continue;
+            const float v = sl == -1 ? vnew[dv] : to_f(vbase[sl * DV + dv]);
+            acc += score[e] * v;
+        }
+        m = m_new;
+        __syncthreads(); // score[] and slot_of[] are rewritten by the next tile
+    }
+    acc_part[group][dv] = acc;
+    __syncthreads();
+    float *part = a.partial + (static_cast<int64_t>(bh) * a.max_splits + split) * (DV + 2);
+    if (tid < DV) {
+        float sum = 0.0f;
+        for (int g = 0; g < kGroups; ++g) sum += acc_part[g][tid];
+        part[2 + tid] = sum;
+    }
+    if (tid == 0) {
+        part[0] = m;
+        part[1] = l;
+    }
+    __threadfence(); // the partial is visible before the ticket says so
+    __syncthreads();
+    if (tid == 0) is_last = atomicAdd(&a.tickets[bh], 1) == n_splits - 1;
+    __syncthreads();
+    if (!is_last) return;
+    __threadfence();
+    const float *first = a.partial + static_cast<int64_t>(bh) * a.max_splits * (DV + 2);
+    float top = -INFINITY;
+    for (int sp = 0; sp < n_splits; ++sp) top = fmaxf(top, __ldcg(first + sp * (DV + 2)));
+    if (tid < DV) {
+        float num = 0.0f, den = 0.0f;
+        for (int sp = 0; sp < n_splits; ++sp) {
+            const float *ps = first + sp * (DV + 2);
+            const float ms = __ldcg(ps);
+            if (ms == -INFINITY) continue;
+            const float w = expf(ms - top);
+            num += w * __ldcg(ps + 2 + tid);
+            den += w * __ldcg(ps + 1);
+        }
+        a.out[static_cast<int64_t>(b) * a.C + h * DV + tid] = to_e<E>(num / den);
+    }
+    if (tid == 0) a.tickets[bh] = 0;
+}
+
+// The prefill's keys and values (fp32 [B][T][QK] and [B][T][C], biases in) into the cache:
+// the positions a later step can read (every summary cell, the last ring positions).
+template <typename E>
+__global__ void cache_fill_kernel(E *kcache, E *vcache, const float *k, const float *v,
+                                  const DecodeHead *heads, int64_t slots, int32_t T, int32_t H,
+                                  int32_t Dq, int32_t Dv) {
+    const int64_t t = blockIdx.x;
+    const int32_t bh = blockIdx.y, b = bh / H, h = bh % H;
+    const DecodeHead &hd = heads[h];
+    int64_t s[2];
+    decode_write_slots(hd, t, &s[0], &s[1]);
+    if (!hd.keep_all && t < T - hd.ring) s[0] = -1; // overwritten in the ring later anyway
+    const float *kr = k + (static_cast<int64_t>(b) * T + t) * H * Dq + h * Dq;
+    const float *vr = v + (static_cast<int64_t>(b) * T + t) * H * Dv + h * Dv;
+    for (int e = 0; e < 2; ++e) {
+        if (s[e] < 0) continue;
+        E *kd = kcache + (static_cast<int64_t>(bh) * slots + s[e]) * Dq;
+        E *vd = vcache + (static_cast<int64_t>(bh) * slots + s[e]) * Dv;
+        for (int d = threadIdx.x; d < Dq; d += blockDim.x) kd[d] = to_e<E>(kr[d]);
+        for (int d = threadIdx.x; d < Dv; d += blockDim.x) vd[d] = to_e<E>(vr[d]);
+    }
+}
+
+template <typename E> cudaDataType_t data_type() {
+    return std::is_same<E, float>::value ? CUDA_R_32F : CUDA_R_16BF;
+}
+
+template <typename E> class CudaDecoder final : public Decoder, private ForwardObserver {
+public:
+    CudaDecoder(std::shared_ptr<Context> ctx, const DecoderSource<float> &src, int32_t batch)
+        : ctx_(std::move(ctx)), spec_(src.spec), model_(src.model), params_(src.params), B_(batch),
+          d_(src.spec->dims) {}
+
+    ~CudaDecoder() override {
+        if (exec_) cudaGraphExecDestroy(exec_);
+        if (host_in_) cudaFreeHost(host_in_);
+        if (blas_) cublasDestroy(blas_);
+    }
+
+    stx_status init() {
+        stx_status st = build_decode_plans(*spec_, &plans_);
+        if (st != STX_OK) return st;
+        layouts_ = spec_->layer_layouts;
+        Context *c = ctx_.get();
+        if (!STX_CUDA_CHECK(c, cudaSetDevice(c->device))) return c->err;
+        if (!STX_BLAS_CHECK(c, cublasCreate(&blas_)) ||
+            !STX_BLAS_CHECK(c, cublasSetStream(blas_, c->stream)) ||
+            !STX_BLAS_CHECK(c, cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH)))
+            return c->err;
+        // A workspace of its own, so the captured GEMMs never allocate.
+        workspace_.allocate(ctx_, size_t(32) << 20);
+        if (!c->ok() ||
+            !STX_BLAS_CHECK(c, cublasSetWorkspace(blas_, workspace_.data(), workspace_.size())))
+            return c->err;
+        if (!STX_CUDA_CHECK(c, cudaMallocHost(&host_in_, in_words() * sizeof(int64_t))))
+            return c->err;
+        std::memset(host_in_, 0, in_words() * sizeof(int64_t));
+        snapshot_weights();
+        upload_plans();
+        allocate_state();
+        if (!c->ok()) return c->err;
+        return reset();
+    }
+
+    stx_status reset() override {
+        pos_ = 0;
+        return launch(0, nullptr);
+    }
+
+    stx_status prefill(const uint8_t *tokens, int32_t n) override {
+        const int32_t T = n + 1;
+        std::vector<uint8_t> window(static_cast<size_t>(B_) * T, 0);
+        for (int32_t b = 0; b < B_; ++b)
+            std::memcpy(&window[static_cast<size_t>(b) * T], tokens + static_cast<size_t>(b) * n,
+                        static_cast<size_t>(n));
+        ForwardArgs args;
+        args.tokens = window.data();
+        args.B = B_;
+        args.T = T;
+        args.observer = this;
+        prefill_T_ = T;
+        double loss = 0.0;
+        const stx_status st = model_->forward(args, &loss);
+        prefill_T_ = 0;
+        if (st != STX_OK) return st;
+        pos_ = n;
+        return ctx_->err;
+    }
+
+    stx_status step(const uint8_t *bytes) override {
+        const stx_status st = launch(pos_ + 1, bytes);
+        if (st == STX_OK) ++pos_;
+        return st;
+    }
+
+    stx_status logits_read(stx_dtype dtype, void *dst) const override {
+        Context *c = ctx_.get();
+        std::vector<float> host(static_cast<size_t>(B_) * STX_VOCAB);
+        if (!c->ok() ||
+            !STX_CUDA_CHECK(c, cudaMemcpyAsync(host.data(), logits_.data(),
+                                               host.size() * sizeof(float), cudaMemcpyDeviceToHost,
+                                               c->stream)) ||
+            !STX_CUDA_CHECK(c, cudaStreamSynchronize(c->stream)))
+            return c->err;
+        for (size_t i = 0; i < host.size(); ++i) {
+            if (dtype == STX_DTYPE_F64)
+                static_cast<double *>(dst)[i] = static_cast<double>(host[i]);
+            else
+                static_cast<float *>(dst)[i] = host[i];
+        }
+        return STX_OK;
+    }
+
+    int64_t position() const override { return pos_; }
+
+    int64_t state_bytes() const override {
+        int64_t total = 0;
+        for (const DecodePlan &p : plans_)
+            total += decode_cache_bytes(p, B_, d_.Dq, d_.Dv, static_cast<int32_t>(sizeof(E)));
+        return total;
+    }
+
+private:
+    struct LayerWeights {
+        DeviceBuffer<E> qkv, proj, w1, w2;
+    };
+
+    size_t in_words() const { return 1 + (static_cast<size_t>(B_) + 7) / 8; }
+    const float *param(int32_t t) const {
+        return params_ + spec_->table.tensors[static_cast<size_t>(t)].offset;
+    }
+    int64_t numel(int32_t t) const { return spec_->table.tensors[static_cast<size_t>(t)].numel; }
+
+    void cast(E *dst, int32_t tensor) {
+        const int64_t n = numel(tensor);
+        cast_kernel<E><<<blocks_for(n, 256), 256, 0, ctx_->stream>>>(dst, param(tensor), n);
+        STX_LAUNCH_CHECK(ctx_, "cast_kernel");
+    }
+
+    void snapshot_weights() {
+        const int64_t C = d_.C, QK = d_.QK, F = d_.F;
+        for (const LayerParams &lp : spec_->table.layers) {
+            LayerWeights w;
+            w.qkv.allocate(ctx_, static_cast<size_t>((2 * QK + C) * C));
+            w.proj.allocate(ctx_, static_cast<size_t>(C * C));
+            w.w1.allocate(ctx_, static_cast<size_t>(F * C));
+            w.w2.allocate(ctx_, static_cast<size_t>(C * F));
+            if (!ctx_->ok()) return;
+            cast(w.qkv.data(), lp.q_w);
+            cast(w.qkv.data() + QK * C, lp.k_w);
+            cast(w.qkv.data() + 2 * QK * C, lp.v_w);
+            cast(w.proj.data(), lp.proj_w);
+            cast(w.w1.data(), lp.w1);
+            cast(w.w2.data(), lp.w2);
+            weights_.push_back(std::move(w));
+        }
+        w_out_.allocate(ctx_, static_cast<size_t>(STX_VOCAB * C));
+        if (ctx_->ok()) cast(w_out_.data(), spec_->table.w_out);
+    }
+
+    void upload_plans() {
+        std::vector<DecodeHead> heads;
+        for (const DecodePlan &p : plans_)
+            heads.insert(heads.end(), p.heads.begin(), p.heads.end());
+        heads_.allocate(ctx_, heads.size());
+        if (!ctx_->ok()) return;
+        STX_CUDA_CHECK(ctx_, cudaMemcpyAsync(heads_.data(), heads.data(),
+                                             heads.size() * sizeof(DecodeHead),
+                                             cudaMemcpyHostToDevice, ctx_->stream));
+        user_.resize(plans_.size());
+        std::map<const uint8_t *, size_t> seen; // layers sharing a layout share its copy
+        for (size_t l = 0; l < plans_.size(); ++l) {
+            const DecodePlan &p = plans_[l];
+            if (!p.user) continue;
+            if (seen.count(p.user)) continue;
+            const size_t n = static_cast<size_t>(p.n_head) * p.user_nb * p.user_nb;
+            user_[l].allocate(ctx_, n);
+            if (!ctx_->ok()) return;
+            STX_CUDA_CHECK(ctx_, cudaMemcpyAsync(user_[l].data(), p.user, n, cudaMemcpyHostToDevice,
+                                                 ctx_->stream));
+            seen[p.user] = l;
+        }
+        user_ptr_.assign(plans_.size(), nullptr);
+        for (size_t l = 0; l < plans_.size(); ++l)
+            if (plans_[l].user) user_ptr_[l] = user_[seen[plans_[l].user]].data();
+        STX_CUDA_CHECK(ctx_, cudaStreamSynchronize(ctx_->stream)); // the host vectors go
+    }
+
+    void allocate_state() {
+        const size_t B = static_cast<size_t>(B_), C = static_cast<size_t>(d_.C);
+        const size_t QK = static_cast<size_t>(d_.QK), F = static_cast<size_t>(d_.F);
+        const size_t H = static_cast<size_t>(d_.H);
+        max_splits_ = 1;
+        for (const DecodePlan &p : plans_) {
+            for (const DecodeHead &hd : p.heads) {
+                int64_t most = 0; // candidates at the last position, a bound for every one
+                for (int32_t e = 0; e < hd.n_comps; ++e) {
+                    const DecodeComp &c = hd.comps[e];
+                    int64_t n = p.n_ctx;
+                    if (c.kind == static_cast<int32_t>(CompKind::Local)) n = c.l;
+                    if (c.kind == static_cast<int32_t>(CompKind::Strided))
+                        n = (p.n_ctx - 1) / c.l + 1;
+                    if (c.kind == static_cast<int32_t>(CompKind::Fixed))
+                        n = c.l + static_cast<int64_t>((p.n_ctx - 1) / c.l) * c.c;
+                    most += n;
+                }
+                const int64_t splits = (most + kKeysPerSplit - 1) / kKeysPerSplit;
+                max_splits_ = std::max<int32_t>(max_splits_, static_cast<int32_t>(splits));
+            }
+            kcache_.emplace_back();
+            vcache_.emplace_back();
+            kcache_.back().allocate(ctx_, B * H * static_cast<size_t>(p.slots) * d_.Dq);
+            vcache_.back().allocate(ctx_, B * H * static_cast<size_t>(p.slots) * d_.Dv);
+        }
+        in_.allocate(ctx_, in_words());
+        x_.allocate(ctx_, B * C);
+        h_.allocate(ctx_, B * C);
+        qkv_.allocate(ctx_, B * (2 * QK + C));
+        att_.allocate(ctx_, B * C);
+        branch_.allocate(ctx_, B * C);
+        f1_.allocate(ctx_, B * F);
+        g_.allocate(ctx_, B * F);
+        logits_.allocate(ctx_, B * STX_VOCAB);
+        partial_.allocate(ctx_, B * H * static_cast<size_t>(max_splits_) * (d_.Dv + 2));
+        tickets_.allocate(ctx_, B * H);
+    }
+
+    // out^T (OC x B) = W (OC x IC) in^T: the layer loop's row-major product.
+    void gemm(const E *w, const E *in, float *out, int32_t OC, int32_t IC) {
+        const float one = 1.0f, zero = 0.0f;
+        STX_BLAS_CHECK(ctx_, cublasGemmEx(blas_, CUBLAS_OP_T, CUBLAS_OP_N, OC, B_, IC, &one, w,
+                                          data_type<E>(), IC, in, data_type<E>(), IC, &zero, out,
+                                          CUDA_R_32F, OC, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+
+    void residual_layernorm(const float *a, const float *a_bias, int32_t g, int32_t b, double eps) {
+        const unsigned grid = static_cast<unsigned>((B_ + kRowsPerCta - 1) / kRowsPerCta);
+        residual_layernorm_kernel<E><<<grid, dim3(32, kRowsPerCta), 0, ctx_->stream>>>(
+            x_.data(), a, a_bias, param(g), param(b), h_.data(), B_, d_.C, static_cast<float>(eps));
+        STX_LAUNCH_CHECK(ctx_, "residual_layernorm_kernel");
+    }
+
+    void attention(int32_t l) {
+        const DecodePlan &p = plans_[static_cast<size_t>(l)];
+        const LayerParams &lp = spec_->table.layers[static_cast<size_t>(l)];
+        AttnArgs<E> a{};
+        a.row = in_.data();
+        a.qkv = qkv_.data();
+        a.bq = param(lp.q_b);
+        a.bk = param(lp.k_b);
+        a.bv = param(lp.v_b);
+        a.kcache = kcache_[static_cast<size_t>(l)].data();
+        a.vcache = vcache_[static_cast<size_t>(l)].data();
+        a.heads = heads_.data() + static_cast<size_t>(l) * d_.H;
+        a.user = user_ptr_[static_cast<size_t>(l)];
+        a.user_nb = p.user_nb;
+        a.user_bs = p.user_bs;
+        a.slots = p.slots;
+        a.partial = partial_.data();
+        a.tickets = tickets_.data();
+        a.out = att_.data();
+        a.H = d_.H;
+        a.QK = d_.QK;
+        a.C = d_.C;
+        a.max_splits = max_splits_;
+        a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.Dq)));
+        const dim3 grid(static_cast<unsigned>(B_ * d_.H), static_cast<unsigned>(max_splits_));
+#define STX_DECODE_ATTN(DQ, DV)                                                                    \
+    if (d_.Dq == DQ && d_.Dv == DV)                                                                \
+        decode_attention_kernel<E, DQ, DV><<<grid, kAttnThreads, 0, ctx_->stream>>>(a);
+        STX_DECODE_ATTN(32, 32)
+        STX_DECODE_ATTN(64, 64)
+        STX_DECODE_ATTN(128, 128)
+        STX_DECODE_ATTN(32, 64)
+        STX_DECODE_ATTN(64, 128)
+#undef STX_DECODE_ATTN
+        STX_LAUNCH_CHECK(ctx_, "decode_attention_kernel");
+    }
+
+    // The whole step: the input upload, then every kernel and GEMM.
+    void record_step() {
+        Context *c = ctx_.get();
+        const ParamTable &pt = spec_->table;
+        const int32_t C = d_.C, QK = d_.QK, F = d_.F;
+        STX_CUDA_CHECK(c, cudaMemcpyAsync(in_.data(), host_in_, in_words() * sizeof(int64_t),
+                                          cudaMemcpyHostToDevice, c->stream));
+        PosArgs pos{};
+        for (int32_t a = 0; a < d_.n_axes; ++a) {
+            pos.table[a] = param(pt.pos_emb[static_cast<size_t>(a)]);
+            pos.shape[a] = d_.pos_shape[a];
+        }
+        pos.n_axes = d_.n_axes;
+        embed_kernel<<<B_, 128, 0, c->stream>>>(x_.data(), in_.data(), param(pt.tok_emb),
+                                                param(pt.start), pos, C);
+        STX_LAUNCH_CHECK(c, "embed_kernel");
+        residual_layernorm(nullptr, nullptr, pt.layers[0].ln1_g, pt.layers[0].ln1_b,
+                           kBlockLayerNormEps);
+        for (int32_t l = 0; l < d_.L; ++l) {
+            const LayerParams &lp = pt.layers[static_cast<size_t>(l)];
+            const LayerWeights &w = weights_[static_cast<size_t>(l)];
+            gemm(w.qkv.data(), h_.data(), qkv_.data(), 2 * QK + C, C);
+            attention(l);
+            gemm(w.proj.data(), att_.data(), branch_.data(), C, C);
+            residual_layernorm(branch_.data(), param(lp.proj_b), lp.ln2_g, lp.ln2_b,
+                               kBlockLayerNormEps);
+            gemm(w.w1.data(), h_.data(), f1_.data(), F, C);
+            const int64_t n = static_cast<int64_t>(B_) * F;
+            bias_gelu_kernel<E><<<blocks_for(n, 256), 256, 0, c->stream>>>(g_.data(), f1_.data(),
+                                                                           param(lp.b1), n, F);
+            STX_LAUNCH_CHECK(c, "bias_gelu_kernel");
+            gemm(w.w2.data(), g_.data(), branch_.data(), C, F);
+            const bool last = l + 1 == d_.L;
+            const LayerParams &next = pt.layers[static_cast<size_t>(last ? l : l + 1)];
+            residual_layernorm(branch_.data(), param(lp.b2), last ? pt.lnf_g : next.ln1_g,
+                               last ? pt.lnf_b : next.ln1_b,
+                               last ? kFinalLayerNormEps : kBlockLayerNormEps);
+        }
+        gemm(w_out_.data(), h_.data(), logits_.data(), STX_VOCAB, C);
+    }
+
+    // Runs the step for position `row` (bytes: the byte fed at row - 1, one per sequence).
+    stx_status launch(int64_t row, const uint8_t *bytes) {
+        Context *c = ctx_.get();
+        if (!c->ok()) return c->err;
+        // The previous step has read host_in_ before it is rewritten.
+        if (!STX_CUDA_CHECK(c, cudaStreamSynchronize(c->stream))) return c->err;
+        host_in_[0] = row;
+        if (bytes) std::memcpy(host_in_ + 1, bytes, static_cast<size_t>(B_));
+        if (!exec_) {
+            cudaGraph_t graph = nullptr;
+            if (!STX_CUDA_CHECK(
+                    c, cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal)))
+                return c->err;
+            record_step();
+            const cudaError_t end = cudaStreamEndCapture(c->stream, &graph);
+            if (!c->ok()) {
+                if (graph) cudaGraphDestroy(graph);
+                return c->err;
+            }
+            if (!STX_CUDA_CHECK(c, end)) return c->err;
+            const cudaError_t inst = cudaGraphInstantiate(&exec_, graph, 0);
+            cudaGraphDestroy(graph);
+            if (!STX_CUDA_CHECK(c, inst)) return c->err;
+        }
+        STX_CUDA_CHECK(c, cudaGraphLaunch(exec_, c->stream));
+        return c->err;
+    }
+
+    void keys_values(int32_t layer, const void *k, const void *v) override {
+        if (!ctx_->ok()) return;
+        const DecodePlan &p = plans_[static_cast<size_t>(layer)];
+        const dim3 grid(static_cast<unsigned>(prefill_T_), static_cast<unsigned>(B_ * d_.H));
+        cache_fill_kernel<E><<<grid, 64, 0, ctx_->stream>>>(
+            kcache_[static_cast<size_t>(layer)].data(), vcache_[static_cast<size_t>(layer)].data(),
+            static_cast<const float *>(k), static_cast<const float *>(v),
+            heads_.data() + static_cast<size_t>(layer) * d_.H, p.slots, prefill_T_, d_.H, d_.Dq,
+            d_.Dv);
+        STX_LAUNCH_CHECK(ctx_, "cache_fill_kernel");
+    }
+
+    void logits(const void *logits) override {
+        if (!ctx_->ok()) return;
+        const size_t row = STX_VOCAB * sizeof(float);
+        const float *last =
+            static_cast<const float *>(logits) + static_cast<size_t>(prefill_T_ - 1) * STX_VOCAB;
+        STX_CUDA_CHECK(ctx_, cudaMemcpy2DAsync(logits_.data(), row, last,
+                                               row * static_cast<size_t>(prefill_T_), row,
+                                               static_cast<size_t>(B_), cudaMemcpyDeviceToDevice,
+                                               ctx_->stream));
+    }
+
+    std::shared_ptr<Context> ctx_;
+    const ModelSpec *spec_;
+    Backend *model_;
+    const float *params_;
+    int32_t B_;
+    Dims d_;
+    std::vector<DecodePlan> plans_;
+    std::vector<std::shared_ptr<const Layout>> layouts_; // keep the user block masks alive
+    cublasHandle_t blas_ = nullptr;
+    DeviceBuffer<uint8_t> workspace_;
+    int64_t *host_in_ = nullptr; // pinned: the row, then the bytes
+    cudaGraphExec_t exec_ = nullptr;
+    std::vector<LayerWeights> weights_;
+    DeviceBuffer<E> w_out_;
+    DeviceBuffer<DecodeHead> heads_;
+    std::vector<DeviceBuffer<uint8_t>> user_;
+    std::vector<const uint8_t *> user_ptr_;
+    std::vector<DeviceBuffer<E>> kcache_, vcache_;
+    DeviceBuffer<int64_t> in_;
+    DeviceBuffer<float> x_, qkv_, branch_, f1_, logits_, partial_;
+    DeviceBuffer<E> h_, att_, g_;
+    DeviceBuffer<int32_t> tickets_;
+    int32_t max_splits_ = 1;
+    int64_t pos_ = 0;
+    int32_t prefill_T_ = 0;
+};
+
+} // namespace
+
+stx_status CudaOps::create_decoder(const DecoderSource<float> &src, int32_t batch,
+                                   std::unique_ptr<Decoder> *out) const {
+    if (!ctx_->ok()) return ctx_->err;
+    stx_status st;
+    if (ctx_->bf16) {
+        std::unique_ptr<CudaDecoder<__nv_bfloat16>> dec(
+            new CudaDecoder<__nv_bfloat16>(ctx_, src, batch));
+        if ((st = dec->init()) != STX_OK) return st;
+        *out = std::move(dec);
+    } else {
+        std::unique_ptr<CudaDecoder<float>> dec(new CudaDecoder<float>(ctx_, src, batch));
+        if ((st = dec->init()) != STX_OK) return st;
+        *out = std::move(dec);
+    }
+    return STX_OK;
+}
+
+int64_t CudaOps::decoder_state_bytes(const ModelSpec &spec, int32_t batch) const {
+    return decode_state_bytes(spec, batch, ctx_->bf16 ? 2 : 4);
+}
+
+} // namespace cuda
+} // namespace stx
