@@ -2,57 +2,22 @@
 // layouts as the reference (lib/layout.h): per head one or more passes, each over slots in
 // natural or strided-transposed order with a CSR list of active key blocks per query block.
 //
-// This is the simple, correct kernel of the CUDA issue (the tensor-core kernels are the
-// performance issue's): FlashAttention-style, one thread per query row, key and value tiles
-// of one block in shared memory, an online softmax, the log-sum-exp saved for backward, the
-// T x T matrix never stored, the element mask evaluated with the reference's own predicate
-// (lib/pattern.h, lib/layout.h). Passes of a merged pattern are combined through their
-// log-sum-exp. Backward: D = rowsum(dO * O); dq query-centric over the CSR lists; dk and dv
-// key-centric over the transposed lists, so nothing is accumulated with atomics and every
-// run gives the same bits.
+// The kernels here are the simple, correct ones and the fp32 path: FlashAttention-style, one
+// thread per query row, key and value tiles of one block in shared memory, an online softmax,
+// the log-sum-exp saved for backward, the T x T matrix never stored, the element mask
+// evaluated with the reference's own predicate (lib/pattern.h, lib/layout.h). The bf16 mode
+// runs the tensor-core kernels of attention_tc.cu over the same device layout, which this file
+// builds (with each entry's BlockMode and a longest-first launch order) and whose passes it
+// loops over. Passes of a merged pattern are combined through their log-sum-exp. Backward:
+// D = rowsum(dO * O); dq query-centric over the CSR lists; dk and dv key-centric over the
+// transposed lists, so nothing is accumulated with atomics and every run gives the same bits.
+#include <algorithm>
 #include <vector>
 
-#include "context.cuh"
-#include "layout.h"
-#include "pattern.h"
+#include "attention_tc.cuh"
 
 namespace stx {
 namespace cuda {
-
-struct DevPass {
-    int32_t transposed, stride, n_qblocks, comp_begin, comp_end;
-    int64_t rows, n_slots;
-    int64_t row_ptr_off;  // this pass's n_qblocks + 1 entries of row_ptr
-    int64_t colT_ptr_off; // and of colT_ptr (query blocks reading each key block)
-};
-
-struct DevComp {
-    int32_t kind, l, c, g;
-};
-
-// Everything a kernel needs to walk a layout; passed by value.
-struct LayoutView {
-    const DevPass *passes;
-    const DevComp *comps;
-    const int64_t *row_ptr;
-    const int32_t *col_idx;
-    const int64_t *colT_ptr;
-    const int32_t *colT_idx;
-    const uint8_t *user;
-    const int32_t *head_pass_begin; // passes of head h: [begin[h], begin[h+1])
-    int32_t n_ctx, n_head, bs, user_nb;
-};
-
-struct DeviceLayout {
-    DeviceBuffer<DevPass> passes;
-    DeviceBuffer<DevComp> comps;
-    DeviceBuffer<int64_t> row_ptr, colT_ptr;
-    DeviceBuffer<int32_t> col_idx, colT_idx, head_pass_begin;
-    DeviceBuffer<uint8_t> user;
-    int32_t max_passes = 0;
-    int32_t max_qblocks = 0;
-    LayoutView view{};
-};
 
 namespace {
 
@@ -65,17 +30,134 @@ bool upload(const std::shared_ptr<Context> &ctx, DeviceBuffer<T> &dst, const std
                                                cudaMemcpyHostToDevice, ctx->stream));
 }
 
+int64_t gcd64(int64_t a, int64_t b) {
+    while (b != 0) {
+        const int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+// Whether every key in [a, b] lies in the summary cells of fixed component c for head h.
+bool fixed_summary_range(const Component &c, int32_t h, int64_t a, int64_t b) {
+    if (a > b) return true;
+    const int64_t g = h % c.g, lo = c.l - (g + 1) * c.c, hi = c.l - g * c.c;
+    if (lo <= 0 && hi >= c.l) return true;
+    return a / c.l == b / c.l && a % c.l >= lo && b % c.l < hi;
+}
+
+// Whether natural-order component c allows every pair with k <= q of query positions
+// [q0, q1] and key positions [k0, k1] (query block i, key block j, k0 <= q1).
+bool natural_allows_all(const Layout &lay, const Component &c, int32_t h, int64_t i, int64_t j,
+                        int64_t q0, int64_t q1, int64_t k0, int64_t k1) {
+    (void)q0;
+    switch (c.kind) {
+    case CompKind::Dense:
+        return true;
+    case CompKind::Local:
+        return q1 - k0 < c.l; // the widest pair is (q1, k0)
+    case CompKind::Strided:
+        return c.l == 1; // natural order holds strided:1 (dense) and strided:L >= n (diagonal)
+    case CompKind::Fixed: {
+        // A key in the L-block of q1 shares it with every query q >= k of the block (they lie
+        // between k and q1); an earlier key pairs with q1 across L-blocks, so it must be a
+        // summary cell.
+        const int64_t x = (q1 / c.l) * c.l;
+        return fixed_summary_range(c, h, k0, std::min(k1, x - 1));
+    }
+    case CompKind::User:
+        return lay.user_blocks[(static_cast<size_t>(h) * lay.user_nb + static_cast<size_t>(i)) *
+                                   lay.user_nb +
+                               static_cast<size_t>(j)] != 0;
+    }
+    return false;
+}
+
+// Whether component c of an earlier pass may allow a pair of a transposed block pair lying in
+// chunk `col` of stride L: keys at positions col + r L for rows r in [r0, r1], query-key
+// distances d L for d in [dmin, dmax] (dmin >= 0). May say yes when it does not.
+bool earlier_touches(const Component &c, int32_t h, int64_t L, int64_t col, int64_t r0, int64_t r1,
+                     int64_t dmin, int64_t dmax) {
+    switch (c.kind) {
+    case CompKind::Dense:
+    case CompKind::User:
+        return true;
+    case CompKind::Local:
+        return dmin * L < c.l;
+    case CompKind::Strided: {
+        // (d L) mod l' == 0 exactly when m = l' / gcd(L, l') divides d
+        const int64_t m = c.l / gcd64(L, c.l);
+        return (dmin + m - 1) / m * m <= dmax;
+    }
+    case CompKind::Fixed: {
+        if (dmin * L < c.l) return true; // a pair may share an L-block
+        const int64_t g = h % c.g, lo = c.l - (g + 1) * c.c, hi = c.l - g * c.c;
+        for (int64_t r = r0; r <= r1; ++r) {
+            const int64_t cell = (col + r * L) % c.l;
+            if (cell >= lo && cell < hi) return true;
+        }
+        return false;
+    }
+    }
+    return true;
+}
+
+// The BlockMode of entry (query block i, key block j) of pass p of head h, from the pattern's
+// definition, over every slot of the two blocks: padded slots and positions >= T are masked
+// at run time whatever the mode says. O(1) per entry except a fixed part merged with strided
+// (O(block)), so layouts of a million positions stay cheap.
+uint8_t block_mode(const Layout &lay, const HeadLayout &hl, size_t p, int32_t h, int64_t i,
+                   int64_t j) {
+    const AttnPass &ap = hl.passes[p];
+    const int64_t bs = lay.block_size;
+    const int64_t s0 = i * bs, s1 = std::min(s0 + bs, ap.n_slots) - 1;
+    const int64_t t0 = j * bs, t1 = std::min(t0 + bs, ap.n_slots) - 1;
+    const uint8_t allowed = t1 <= s0 ? kBlockFull : kBlockCausal;
+    if (!ap.transposed) {
+        if (p != 0) return kBlockMasked; // natural parts share pass 0; never reached
+        for (const Component &c : ap.include)
+            if (natural_allows_all(lay, c, h, i, j, s0, s1, t0, t1)) return allowed;
+        return kBlockMasked;
+    }
+    // strided:L allows exactly the pairs of one chunk (a column of the transposed order) with
+    // k <= q, which there is slot order; blocks across chunks are masked.
+    const int64_t R = ap.rows, col = s0 / R;
+    if (s1 / R != col || t0 / R != col || t1 / R != col) return kBlockMasked;
+    const int64_t dmin = std::max<int64_t>(0, s0 - t1), dmax = s1 - t0;
+    for (size_t pp = 0; pp < p; ++pp)
+        for (const Component &c : hl.passes[pp].include)
+            if (earlier_touches(c, h, ap.stride, col, t0 - col * R, t1 - col * R, dmin, dmax))
+                return kBlockMasked;
+    return allowed;
+}
+
+// Block indices 0..n-1 by descending list length (stable), for launching long rows first.
+std::vector<int32_t> by_length(const std::vector<int64_t> &ptr, size_t first, int32_t n) {
+    std::vector<int32_t> order(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
+    auto len = [&](int32_t i) {
+        return ptr[first + static_cast<size_t>(i) + 1] - ptr[first + static_cast<size_t>(i)];
+    };
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return len(a) > len(b); });
+    return order;
+}
+
 std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context> &ctx,
                                                   const Layout &lay) {
     std::vector<DevPass> passes;
     std::vector<DevComp> comps;
     std::vector<int64_t> row_ptr, colT_ptr;
-    std::vector<int32_t> col_idx, colT_idx, head_begin;
+    std::vector<int32_t> col_idx, colT_idx, head_begin, order, orderT;
+    std::vector<uint8_t> mode, modeT;
     auto dl = std::make_shared<DeviceLayout>();
-    for (const HeadLayout &hl : lay.heads) {
+    for (size_t h = 0; h < lay.heads.size(); ++h) {
+        const HeadLayout &hl = lay.heads[h];
         head_begin.push_back(static_cast<int32_t>(passes.size()));
         dl->max_passes = std::max(dl->max_passes, static_cast<int32_t>(hl.passes.size()));
-        for (const AttnPass &ap : hl.passes) {
+        for (size_t pi = 0; pi < hl.passes.size(); ++pi) {
+            const AttnPass &ap = hl.passes[pi];
             DevPass p{};
             p.transposed = ap.transposed ? 1 : 0;
             p.stride = ap.stride;
@@ -92,15 +174,29 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
             col_idx.insert(col_idx.end(), ap.col_idx.begin(), ap.col_idx.end());
             // The transposed lists: for each key block, the query blocks that read it.
             std::vector<std::vector<int32_t>> readers(static_cast<size_t>(ap.n_qblocks));
+            std::vector<std::vector<uint8_t>> reader_mode(static_cast<size_t>(ap.n_qblocks));
             for (int32_t i = 0; i < ap.n_qblocks; ++i)
-                for (int64_t e = ap.row_ptr[i]; e < ap.row_ptr[i + 1]; ++e)
-                    readers[static_cast<size_t>(ap.col_idx[static_cast<size_t>(e)])].push_back(i);
+                for (int64_t e = ap.row_ptr[i]; e < ap.row_ptr[i + 1]; ++e) {
+                    const int32_t j = ap.col_idx[static_cast<size_t>(e)];
+                    const uint8_t m = block_mode(lay, hl, pi, static_cast<int32_t>(h), i, j);
+                    mode.push_back(m);
+                    readers[static_cast<size_t>(j)].push_back(i);
+                    reader_mode[static_cast<size_t>(j)].push_back(m);
+                }
             p.colT_ptr_off = static_cast<int64_t>(colT_ptr.size());
-            for (const std::vector<int32_t> &r : readers) {
+            for (size_t j = 0; j < readers.size(); ++j) {
                 colT_ptr.push_back(static_cast<int64_t>(colT_idx.size()));
-                colT_idx.insert(colT_idx.end(), r.begin(), r.end());
+                colT_idx.insert(colT_idx.end(), readers[j].begin(), readers[j].end());
+                modeT.insert(modeT.end(), reader_mode[j].begin(), reader_mode[j].end());
             }
             colT_ptr.push_back(static_cast<int64_t>(colT_idx.size()));
+            p.order_off = static_cast<int64_t>(order.size());
+            const std::vector<int32_t> o = by_length(row_ptr, static_cast<size_t>(p.row_ptr_off),
+                                                     ap.n_qblocks),
+                                       oT = by_length(colT_ptr, static_cast<size_t>(p.colT_ptr_off),
+                                                      ap.n_qblocks);
+            order.insert(order.end(), o.begin(), o.end());
+            orderT.insert(orderT.end(), oT.begin(), oT.end());
             dl->max_qblocks = std::max(dl->max_qblocks, ap.n_qblocks);
             passes.push_back(p);
         }
@@ -109,7 +205,9 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
     if (!upload(ctx, dl->passes, passes) || !upload(ctx, dl->comps, comps) ||
         !upload(ctx, dl->row_ptr, row_ptr) || !upload(ctx, dl->col_idx, col_idx) ||
         !upload(ctx, dl->colT_ptr, colT_ptr) || !upload(ctx, dl->colT_idx, colT_idx) ||
-        !upload(ctx, dl->head_pass_begin, head_begin) || !upload(ctx, dl->user, lay.user_blocks))
+        !upload(ctx, dl->head_pass_begin, head_begin) || !upload(ctx, dl->user, lay.user_blocks) ||
+        !upload(ctx, dl->mode, mode) || !upload(ctx, dl->modeT, modeT) ||
+        !upload(ctx, dl->order, order) || !upload(ctx, dl->orderT, orderT))
         return nullptr;
     if (!STX_CUDA_CHECK(ctx, cudaStreamSynchronize(ctx->stream))) return nullptr; // host vectors
     LayoutView &v = dl->view;
@@ -121,6 +219,10 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
     v.colT_idx = dl->colT_idx.data();
     v.user = dl->user.data();
     v.head_pass_begin = dl->head_pass_begin.data();
+    v.mode = dl->mode.data();
+    v.modeT = dl->modeT.data();
+    v.order = dl->order.data();
+    v.orderT = dl->orderT.data();
     v.n_ctx = lay.n_ctx;
     v.n_head = lay.n_head;
     v.bs = lay.block_size;
@@ -135,26 +237,6 @@ const DeviceLayout *device_layout(const std::shared_ptr<Context> &ctx, const Lay
     if (!dl) return nullptr;
     ctx->layouts[lay.id] = dl;
     return dl.get();
-}
-
-__device__ __forceinline__ bool comp_ok(const LayoutView &L, const DevComp &c, int32_t h, int64_t q,
-                                        int64_t k) {
-    if (c.kind == static_cast<int32_t>(CompKind::User))
-        return L.user[(static_cast<int64_t>(h) * L.user_nb + q / L.bs) * L.user_nb + k / L.bs] != 0;
-    return component_allows_raw(static_cast<CompKind>(c.kind), c.l, c.c, c.g, h, q, k);
-}
-
-// Layout::pass_allows on the device: in pass pg, and in no earlier pass of the head.
-__device__ bool pass_ok(const LayoutView &L, int32_t h, int32_t p0, int32_t pg, int64_t q,
-                        int64_t k) {
-    bool in = false;
-    for (int32_t c = L.passes[pg].comp_begin; c < L.passes[pg].comp_end && !in; ++c)
-        in = comp_ok(L, L.comps[c], h, q, k);
-    if (!in) return false;
-    for (int32_t p = p0; p < pg; ++p)
-        for (int32_t c = L.passes[p].comp_begin; c < L.passes[p].comp_end; ++c)
-            if (comp_ok(L, L.comps[c], h, q, k)) return false;
-    return true;
 }
 
 __device__ __forceinline__ int64_t slot_pos(const LayoutView &L, const DevPass &P, int64_t slot,
@@ -465,18 +547,36 @@ void CudaOps::attention_forward(float *out, float *lse, const float *q, const fl
     if (!dl) return;
     const float sc = static_cast<float>(scale);
     const int32_t H = layout.n_head;
+    const size_t nq = static_cast<size_t>(B) * T * H * Dq, nv = static_cast<size_t>(B) * T * H * Dv;
+    // bf16 mode runs on tensor cores from bf16 copies of q, k, v (each a multiple of 8
+    // elements, so every copy starts 16-byte aligned for cp.async).
+    const bool tc = ctx_->bf16 && tc_attention_supported(Dq, Dv, layout.block_size);
+    __nv_bfloat16 *q16 = nullptr, *k16 = nullptr, *v16 = nullptr;
+    if (tc) {
+        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + nv) * sizeof(__nv_bfloat16), ctx_)) return;
+        q16 = reinterpret_cast<__nv_bfloat16 *>(ctx_->cast_scratch.data());
+        k16 = q16 + nq;
+        v16 = k16 + nq;
+        tc_to_bf16(ctx_.get(), q16, q, static_cast<int64_t>(nq));
+        tc_to_bf16(ctx_.get(), k16, k, static_cast<int64_t>(nq));
+        tc_to_bf16(ctx_.get(), v16, v, static_cast<int64_t>(nv));
+    }
+    auto run_pass = [&](int32_t p, float *o_p, float *lse_p) {
+        if (tc)
+            tc_attention_forward(ctx_, *dl, p, q16, k16, v16, o_p, lse_p, B, T, Dq, Dv, sc);
+        else
+            dispatch(Dq, Dv, ctx_->bf16,
+                     [&](auto kern) { kern.forward(ctx_, *dl, p, q, k, v, o_p, lse_p, B, T, sc); });
+    };
     if (dl->max_passes == 1) {
-        dispatch(Dq, Dv, ctx_->bf16,
-                 [&](auto kern) { kern.forward(ctx_, *dl, 0, q, k, v, out, lse, B, T, sc); });
+        run_pass(0, out, lse);
         return;
     }
-    const size_t n_o = static_cast<size_t>(B) * T * H * Dv, n_l = static_cast<size_t>(B) * H * T;
+    const size_t n_o = nv, n_l = static_cast<size_t>(B) * H * T;
     if (!ctx_->reserve(ctx_->scratch, dl->max_passes * (n_o + n_l), ctx_)) return;
     float *o_parts = ctx_->scratch.data(), *lse_parts = o_parts + dl->max_passes * n_o;
     for (int32_t p = 0; p < dl->max_passes; ++p)
-        dispatch(Dq, Dv, ctx_->bf16, [&](auto kern) {
-            kern.forward(ctx_, *dl, p, q, k, v, o_parts + p * n_o, lse_parts + p * n_l, B, T, sc);
-        });
+        run_pass(p, o_parts + p * n_o, lse_parts + p * n_l);
     const int64_t rows = static_cast<int64_t>(B) * T * H;
     attn_combine_kernel<<<blocks_for(rows, 128), 128, 0, ctx_->stream>>>(
         dl->view, o_parts, lse_parts, out, lse, B, T, Dv);
@@ -505,6 +605,22 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
         delta, dout, out, B, T, H, Dv);
     if (!STX_LAUNCH_CHECK(ctx_, "attn_delta_kernel")) return;
     const float sc = static_cast<float>(scale);
+    if (ctx_->bf16 && tc_attention_supported(Dq, Dv, layout.block_size)) {
+        const size_t nq = static_cast<size_t>(B) * T * H * Dq,
+                     nv = static_cast<size_t>(B) * T * H * Dv;
+        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + 2 * nv) * sizeof(__nv_bfloat16), ctx_))
+            return;
+        __nv_bfloat16 *q16 = reinterpret_cast<__nv_bfloat16 *>(ctx_->cast_scratch.data());
+        __nv_bfloat16 *k16 = q16 + nq, *v16 = k16 + nq, *do16 = v16 + nv;
+        tc_to_bf16(ctx_.get(), q16, q, static_cast<int64_t>(nq));
+        tc_to_bf16(ctx_.get(), k16, k, static_cast<int64_t>(nq));
+        tc_to_bf16(ctx_.get(), v16, v, static_cast<int64_t>(nv));
+        tc_to_bf16(ctx_.get(), do16, dout, static_cast<int64_t>(nv));
+        for (int32_t p = 0; p < dl->max_passes; ++p)
+            tc_attention_backward(ctx_, *dl, p, q16, k16, v16, do16, lse, delta, dq, dk, dv, B, T,
+                                  Dq, Dv, sc);
+        return;
+    }
     for (int32_t p = 0; p < dl->max_passes; ++p)
         dispatch(Dq, Dv, ctx_->bf16, [&](auto kern) {
             kern.backward(ctx_, *dl, p, q, k, v, dout, lse, delta, dq, dk, dv, B, T, sc);

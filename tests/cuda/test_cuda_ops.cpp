@@ -1,10 +1,11 @@
 /*
  * test_cuda_ops.cpp: every CUDA op against its ref/ twin, on fresh random inputs of awkward
  * shapes (rows not a multiple of anything, n_ctx not a multiple of the block, 3 heads, batch
- * 1 and 5, head dims 32/64/128 and Dv = 2 Dq). The reference runs in double; the bound is
- * max|cuda - ref| / max|ref| <= 1e-5 in fp32 mode and <= 2e-2 in bf16 mode (only matrix
- * and attention operands are rounded to bf16). Outputs are poisoned with NaN first, so an
- * element a kernel fails to write shows. Without a GPU the test says so and exits 77.
+ * 1 and 5, head dims 32/64/128 and Dv = 2 Dq, attention blocks of 16 to 128). The reference
+ * runs in double; the bound is max|cuda - ref| / max|ref| <= 1e-5 in fp32 mode and <= 2e-2 in
+ * bf16 mode (only matrix and attention operands are rounded to bf16). Outputs are poisoned
+ * with NaN first, so an element a kernel fails to write shows. Without a GPU the test says so
+ * and exits 77.
  */
 #include <math.h>
 #include <stdio.h>
@@ -26,6 +27,10 @@ using stx::cuda::CudaOps;
 typedef std::vector<double> vec;
 
 static CudaOps g_fp32, g_bf16;
+// bf16: operands carry a relative error of at most 2^-9 each. The tensor-core attention
+// kernels also round P and dS (the A operands of P V, dS K and dS^T Q) to bf16, one more
+// 2^-9 per term, averaging out over a row's keys; the whole stays well inside 2e-2 at these
+// sizes, so the bound is the one of every other bf16 op.
 static const double kFp32Bound = 1e-5, kBf16Bound = 2e-2;
 
 static vec random_vec(stx_test_rng *rng, size_t n, double scale) {
@@ -249,6 +254,22 @@ static const AttnCase kAttnCases[] = {
     {"[local:16;strided:20+fixed:32:8;dense]", 100, 100, 32, 2, 32, 32},
     {"strided:7+strided:9+local:5", 100, 95, 16, 1, 32, 32},
     {NULL, 100, 100, 32, 5, 64, 64},
+    // Blocks of 64 and 128 (128: two 64-row tiles of one block in bf16 mode) and longer
+    // contexts, so that whole blocks are computed without a mask (full), under the causal
+    // mask only, and with the pass predicate, in both orders; ragged T throughout.
+    {"dense", 300, 290, 64, 2, 64, 64},
+    {"dense", 300, 300, 128, 1, 128, 128},
+    {"local:100", 400, 333, 64, 2, 128, 128},
+    {"local:48", 200, 190, 16, 2, 128, 128},
+    {"fixed:128:32:2", 400, 390, 32, 2, 64, 128}, // summary cells fill whole blocks
+    {"fixed:64:16+strided:64", 700, 650, 64, 1, 128, 128},
+    {"local:8+strided:4", 600, 590, 32, 2, 64, 64}, // transposed blocks inside one chunk
+    {"strided:8", 1100, 1050, 32, 2, 64, 64},       // and positions >= T inside full blocks
+    {"local:64+strided:64", 500, 480, 64, 2, 32, 32},
+    {"strided:24", 500, 500, 128, 1, 32, 64},
+    {"local:100+fixed:64:16:2", 300, 277, 64, 3, 32, 64},
+    {NULL, 400, 390, 64, 2, 128, 128},
+    {NULL, 300, 260, 128, 1, 64, 64},
 };
 
 static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
@@ -318,36 +339,44 @@ static void test_attention(void **state) {
     printf("  %zu attention cases, fp32 and bf16\n", sizeof kAttnCases / sizeof kAttnCases[0]);
 }
 
-/* Running the same backward twice gives the same bits (no atomics). */
+/* Running the same backward twice gives the same bits (no atomics), in fp32 and in bf16 (the
+ * tensor-core kernels), with blocks of 16 and of 64. */
 static void test_attention_deterministic(void **state) {
     (void)state;
-    const AttnCase c = {"local:16+strided:16", 100, 100, 16, 2, 64, 64};
-    stx::LayerPattern lp;
-    stx::Layout lay;
-    assert_int_equal(stx::parse_layer_pattern(c.pattern, &lp), STX_OK);
-    assert_int_equal(stx::build_layout(lp, c.n_ctx, 3, c.bs, &lay), STX_OK);
-    stx_test_rng rng = {7};
-    const size_t n = static_cast<size_t>(c.B) * c.T * 3 * 64,
-                 nl = static_cast<size_t>(c.B) * 3 * c.T;
-    vec q = random_vec(&rng, n, 1.0), k = random_vec(&rng, n, 1.0), v = random_vec(&rng, n, 1.0),
-        g = random_vec(&rng, n, 1.0);
-    Dev dq_in(g_fp32, q), dk_in(g_fp32, k), dv_in(g_fp32, v), dg(g_fp32, g), dout(g_fp32, n, 0.0),
-        dlse(g_fp32, nl, 0.0);
-    g_fp32.attention_forward(dout.p(), dlse.p(), dq_in.p(), dk_in.p(), dv_in.p(), lay, c.B, c.T, 64,
-                             64, 0.125);
-    vec first;
-    for (int run = 0; run < 2; ++run) {
-        Dev a(g_fp32, n, 0.0), b(g_fp32, n, 0.0), cc(g_fp32, n, 0.0);
-        g_fp32.attention_backward(a.p(), b.p(), cc.p(), dg.p(), dq_in.p(), dk_in.p(), dv_in.p(),
-                                  dout.p(), dlse.p(), lay, c.B, c.T, 64, 64, 0.125);
-        vec all = a.get(g_fp32), kk = b.get(g_fp32), vv = cc.get(g_fp32);
-        all.insert(all.end(), kk.begin(), kk.end());
-        all.insert(all.end(), vv.begin(), vv.end());
-        if (run == 0)
-            first = all;
-        else if (memcmp(first.data(), all.data(), all.size() * sizeof(double)) != 0)
-            fail_msg("attention backward differs between two runs");
-    }
+    const AttnCase cases[] = {{"local:16+strided:16", 100, 100, 16, 2, 64, 64},
+                              {"local:64+strided:32", 400, 390, 64, 2, 64, 64}};
+    for (const AttnCase &c : cases)
+        for (int prec = 0; prec < 2; ++prec) {
+            CudaOps &ops = prec ? g_bf16 : g_fp32;
+            stx::LayerPattern lp;
+            stx::Layout lay;
+            assert_int_equal(stx::parse_layer_pattern(c.pattern, &lp), STX_OK);
+            assert_int_equal(stx::build_layout(lp, c.n_ctx, 3, c.bs, &lay), STX_OK);
+            stx_test_rng rng = {7};
+            const size_t n = static_cast<size_t>(c.B) * c.T * 3 * 64,
+                         nl = static_cast<size_t>(c.B) * 3 * c.T;
+            vec q = random_vec(&rng, n, 1.0), k = random_vec(&rng, n, 1.0),
+                v = random_vec(&rng, n, 1.0), g = random_vec(&rng, n, 1.0);
+            Dev dq_in(ops, q), dk_in(ops, k), dv_in(ops, v), dg(ops, g), dout(ops, n, 0.0),
+                dlse(ops, nl, 0.0);
+            ops.attention_forward(dout.p(), dlse.p(), dq_in.p(), dk_in.p(), dv_in.p(), lay, c.B,
+                                  c.T, 64, 64, 0.125);
+            vec first;
+            for (int run = 0; run < 2; ++run) {
+                Dev a(ops, n, 0.0), b(ops, n, 0.0), cc(ops, n, 0.0);
+                ops.attention_backward(a.p(), b.p(), cc.p(), dg.p(), dq_in.p(), dk_in.p(),
+                                       dv_in.p(), dout.p(), dlse.p(), lay, c.B, c.T, 64, 64, 0.125);
+                if (ops.status() != STX_OK) fail_msg("CUDA error: %s", stx_last_error());
+                vec all = a.get(ops), kk = b.get(ops), vv = cc.get(ops);
+                all.insert(all.end(), kk.begin(), kk.end());
+                all.insert(all.end(), vv.begin(), vv.end());
+                if (run == 0)
+                    first = all;
+                else if (memcmp(first.data(), all.data(), all.size() * sizeof(double)) != 0)
+                    fail_msg("attention backward differs between two runs (%s, %s)", c.pattern,
+                             prec ? "bf16" : "fp32");
+            }
+        }
 }
 
 int main(void) {

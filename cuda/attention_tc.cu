@@ -1,0 +1,691 @@
+// attention_tc.cu: block-sparse attention for the bf16 mode on tensor cores (mma.sync
+// m16n8k16 bf16 with fp32 accumulation, so sm_80 and later), FlashAttention-2 style.
+//
+// A CTA takes a tile of TILE = min(block, 64) rows of one layout block (a block of 128 is two
+// CTAs) and TILE / 16 warps, 16 rows a warp. The rows' operands stay in shared memory; the
+// blocks of the CSR list (forward, dq) or of the transposed list (dk, dv) stream through two
+// shared-memory stages filled by cp.async while the previous stage is consumed. Rows are
+// gathered by slot, so the strided transposed order costs nothing more than the natural one;
+// padded slots and positions >= T are zero-filled and masked. Shared rows are padded by 16
+// bytes, which puts the eight rows an ldmatrix reads in eight different bank groups.
+//
+// Masks: each CSR entry carries a BlockMode from the host (attention.cu). Full entries skip
+// the mask, causal ones compare positions only, and only the rest evaluate the pass predicate
+// per element (pass_ok, the reference's definition).
+//
+// Operands: q, k, v and dout are bf16 copies (tc_to_bf16); the probabilities P and dS are
+// rounded to bf16 as the A operand of their products; scores, softmax statistics and every
+// accumulator are fp32. Backward is deterministic: dq is query-centric, dk and dv key-centric
+// over the transposed lists, each output row read-modified-written by exactly one CTA.
+#include <cstring>
+
+#include "attention_tc.cuh"
+#include "error.h"
+
+namespace stx {
+namespace cuda {
+namespace {
+
+using bf16 = __nv_bfloat16;
+constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kLn2 = 0.6931471805599453f;
+
+__device__ __forceinline__ uint32_t smem_addr(const void *p) {
+    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// 16 bytes global -> shared, zero-filled when !valid (src is then never read).
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst),
+                 "l"(__cvta_generic_to_global(src)), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() {
+    asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+
+// Four 8x8 b16 matrices; lane i gives the address of row i % 8 of matrix i / 8, and register j
+// gets matrix j (lane l holding row l / 4, columns 2 (l % 4) and + 1; transposed with .trans).
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+__device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], uint32_t addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(addr));
+}
+
+// c += a (16x16, row) * b (16x8, col). Fragments (g = lane / 4, t = lane % 4): a[0] row g,
+// cols 2t, 2t+1; a[1] row g+8; a[2] row g, cols + 8; a[3] row g+8, cols + 8. b0 rows (k) 2t,
+// 2t+1 of col (n) g; b1 rows + 8. c[0], c[1] row g, cols 2t, 2t+1; c[2], c[3] row g+8.
+__device__ __forceinline__ void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0,
+                                         uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, "
+                 "{%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    const __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); // lo in the low half: column 2t
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    return u;
+}
+
+// acc (16 x N, accumulator layout) += A * B^T for a warp: A is 16 x K at `a` (row stride SA),
+// B is N x K at `b` (row stride SB), both bf16 row-major in shared memory.
+template <int K, int N, int SA, int SB>
+__device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16 *a, const bf16 *b,
+                                        int lane) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+        uint32_t af[4];
+        // matrices: rows 0-7 / 8-15 (lane bit 3) by cols 0-7 / 8-15 (lane bit 4)
+        ldsm_x4(af, smem_addr(a + (lane & 15) * SA + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            uint32_t bf[4];
+            // matrices: cols (k) 0-7 / 8-15 (lane bit 3) by rows (n) 0-7 / 8-15 (lane bit 4)
+            ldsm_x4(bf, smem_addr(b + (np * 16 + (lane & 7) + (lane >> 4) * 8) * SB + kk * 16 +
+                                  ((lane >> 3) & 1) * 8));
+            mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+            mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+// acc (16 x N) += P * B for a warp: P is 16 x K in registers in the accumulator layout of an
+// earlier product (rounded to bf16 here), B is K x N bf16 row-major at `b` (row stride SB).
+template <int K, int N, int SB>
+__device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[K / 8][4],
+                                       const bf16 *b, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+        const uint32_t af[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
+                                pack_bf16(p[2 * kk][2], p[2 * kk][3]),
+                                pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
+                                pack_bf16(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            uint32_t bf[4];
+            // transposed matrices: rows (k) 0-7 / 8-15 (lane bit 3) by cols (n) 0-7 / 8-15
+            ldsm_x4_t(bf, smem_addr(b + (kk * 16 + (lane & 15)) * SB + np * 16 + (lane >> 4) * 8));
+            mma_bf16(acc[2 * np], af, bf[0], bf[1]);
+            mma_bf16(acc[2 * np + 1], af, bf[2], bf[3]);
+        }
+    }
+}
+
+// A pass's slot order in 32 bits (n_ctx <= 2^24, so slots < R * L < 2^25 fit).
+struct Slots {
+    int32_t transposed, stride, rows, n_slots, limit; // limit = min(T, n_ctx)
+};
+
+// slot_position_raw, with positions >= T refused too: -1 for a slot that holds nothing.
+__device__ __forceinline__ int32_t slot_pos32(const Slots &s, int32_t slot) {
+    if (slot >= s.n_slots) return -1;
+    const int32_t pos = s.transposed ? (slot % s.rows) * s.stride + slot / s.rows : slot;
+    return pos < s.limit ? pos : -1;
+}
+
+// Rows slot0 .. slot0 + ROWS - 1 of head h of a [B, T, H * D] bf16 tensor (batch offset row0 =
+// b * T) into a shared tile of row stride D + 8, zeros for slots that hold nothing.
+template <int ROWS, int D, int NT>
+__device__ __forceinline__ void load_rows(bf16 *tile, const bf16 *src, const Slots &s,
+                                          int32_t slot0, int64_t row0, int32_t H, int32_t h) {
+    constexpr int CH = D / 8; // 16-byte pieces a row
+#pragma unroll
+    for (int it = 0; it < (ROWS * CH + NT - 1) / NT; ++it) {
+        const int i = it * NT + static_cast<int>(threadIdx.x);
+        if (ROWS * CH % NT != 0 && i >= ROWS * CH) break;
+        const int r = i / CH, c = i % CH;
+        const int32_t pos = slot_pos32(s, slot0 + r);
+        const bf16 *g = src + ((row0 + (pos < 0 ? 0 : pos)) * H + h) * D + c * 8;
+        cp_async16(smem_addr(tile + r * (D + 8) + c * 8), g, pos >= 0);
+    }
+}
+
+// Which CTA this is: the flat grid is (head, batch, sub-tile, rank) with the head fastest and
+// the rank slowest, and rank r takes the r-th longest list of its pass (`order`), so the
+// longest rows of every head start first and the short ones fill in behind them.
+struct Work {
+    int32_t h, b, p0, pg, blk, slot0;
+    Slots s;
+};
+
+template <int TILE>
+__device__ __forceinline__ bool find_work(const LayoutView &L, int32_t local_pass, int32_t B,
+                                          int32_t T, const int32_t *order, Work *w) {
+    int64_t idx = blockIdx.x;
+    const int32_t H = L.n_head, n_sub = L.bs / TILE;
+    w->h = static_cast<int32_t>(idx % H);
+    idx /= H;
+    w->b = static_cast<int32_t>(idx % B);
+    idx /= B;
+    const int32_t sub = static_cast<int32_t>(idx % n_sub);
+    const int64_t rank = idx / n_sub;
+    w->p0 = L.head_pass_begin[w->h];
+    w->pg = w->p0 + local_pass;
+    if (w->pg >= L.head_pass_begin[w->h + 1]) return false;
+    const DevPass &P = L.passes[w->pg];
+    if (rank >= P.n_qblocks) return false;
+    w->blk = order[P.order_off + rank];
+    w->slot0 = w->blk * L.bs + sub * TILE;
+    w->s.transposed = P.transposed;
+    w->s.stride = P.stride;
+    w->s.rows = static_cast<int32_t>(P.rows);
+    w->s.n_slots = static_cast<int32_t>(P.n_slots);
+    w->s.limit = T < L.n_ctx ? T : L.n_ctx;
+    return true;
+}
+
+// Whether any of the TILE rows of the CTA holds a position (uniform over the CTA).
+template <int TILE> __device__ __forceinline__ bool tile_has_rows(const Work &w) {
+    int valid = 0;
+    if (threadIdx.x < TILE)
+        valid = slot_pos32(w.s, w.slot0 + static_cast<int32_t>(threadIdx.x)) >= 0;
+    return __syncthreads_or(valid) != 0;
+}
+
+// s (16 x N scores of a warp) becomes s * scale_log2 where the pass computes the pair and -inf
+// elsewhere. rpos: positions of the thread's two rows (g, g+8); cpos: of the N columns. Rows are
+// queries (forward, dq) or keys (dk, dv); -1 marks a slot that holds nothing.
+template <int N, bool ROWS_ARE_QUERIES>
+__device__ __forceinline__ void mask_scores(float (&s)[N / 8][4], const int32_t (&rpos)[2],
+                                            const int32_t *cpos, uint8_t mode, float scale_log2,
+                                            const LayoutView &L, const Work &w, int lane) {
+    static_assert(N / 2 <= 32, "one bit per element of the thread");
+    // A full block needs no mask when every key holds a position. Rows are the keys in dk, dv:
+    // a row without one is never written; columns without one there are queries whose lse is
+    // +inf, so their P is 0. Forward and dq look at the last key column: positions grow with
+    // the slot inside a full block (one chunk of the transposed order), so it is the last valid.
+    if (mode == kBlockFull && (!ROWS_ARE_QUERIES || cpos[N - 1] >= 0)) {
+#pragma unroll
+        for (int nt = 0; nt < N / 8; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) s[nt][i] *= scale_log2;
+        return;
+    }
+    // Element e = 4 nt + i of the thread: row rpos[i / 2], column 8 nt + 2 (lane % 4) + i % 2.
+    uint32_t bits = 0;
+    if (mode == kBlockMasked) {
+        // The predicate is long: one rolled copy of it, not N / 2 unrolled ones.
+#pragma unroll 1
+        for (int e = 0; e < N / 2; ++e) {
+            const int32_t r = (e & 2) ? rpos[1] : rpos[0];
+            const int32_t c = cpos[(e >> 2) * 8 + (lane & 3) * 2 + (e & 1)];
+            const int32_t qp = ROWS_ARE_QUERIES ? r : c, kp = ROWS_ARE_QUERIES ? c : r;
+            if (qp >= 0 && kp >= 0 && kp <= qp && pass_ok(L, w.h, w.p0, w.pg, qp, kp))
+                bits |= 1u << e;
+        }
+    } else {
+#pragma unroll
+        for (int e = 0; e < N / 2; ++e) {
+            const int32_t r = rpos[(e >> 1) & 1];
+            const int32_t c = cpos[(e >> 2) * 8 + (lane & 3) * 2 + (e & 1)];
+            const int32_t qp = ROWS_ARE_QUERIES ? r : c, kp = ROWS_ARE_QUERIES ? c : r;
+            if (qp >= 0 && kp >= 0 && kp <= qp) bits |= 1u << e;
+        }
+    }
+#pragma unroll
+    for (int nt = 0; nt < N / 8; ++nt)
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+            s[nt][i] = (bits >> (nt * 4 + i)) & 1u ? s[nt][i] * scale_log2 : -INFINITY;
+}
+
+__device__ __forceinline__ float quad_max(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffffu, x, 2));
+}
+__device__ __forceinline__ float quad_sum(float x) {
+    x += __shfl_xor_sync(0xffffffffu, x, 1);
+    return x + __shfl_xor_sync(0xffffffffu, x, 2);
+}
+
+template <int DQ, int DV, int TILE> struct Shapes {
+    static constexpr int NT = TILE * 2; // TILE / 16 warps
+    static constexpr int SQ = DQ + 8;   // shared row strides (elements)
+    static constexpr int SV = DV + 8;
+    static constexpr int BN = TILE; // keys a stage (forward, dq)
+    // queries a stage (dk, dv): 32 at head dims 128 keeps dk and dv accumulators in registers
+    static constexpr int BQ = (DQ + DV >= 256 && TILE > 32) ? 32 : TILE;
+    static constexpr size_t kElem = sizeof(bf16);
+    static size_t forward_smem() {
+        return (TILE * SQ + 2 * BN * (SQ + SV)) * kElem + 2 * BN * sizeof(int32_t);
+    }
+    static size_t dq_smem() {
+        return (TILE * (SQ + SV) + 2 * BN * (SQ + SV)) * kElem + 2 * BN * sizeof(int32_t);
+    }
+    static size_t dkdv_smem() {
+        return (TILE * (SQ + SV) + 2 * BQ * (SQ + SV)) * kElem +
+               2 * BQ * (sizeof(int32_t) + 2 * sizeof(float));
+    }
+};
+
+template <int DQ, int DV, int TILE>
+__global__ void __launch_bounds__(TILE * 2, 1)
+    tc_forward_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
+                      const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+                      float *__restrict__ out, float *__restrict__ lse, int32_t B, int32_t T,
+                      float scale_log2) {
+    using S = Shapes<DQ, DV, TILE>;
+    constexpr int NT = S::NT, SQ = S::SQ, SV = S::SV, BN = S::BN;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *qs = reinterpret_cast<bf16 *>(smem);
+    bf16 *ks = qs + TILE * SQ; // two stages
+    bf16 *vs = ks + 2 * BN * SQ;
+    int32_t *kpos = reinterpret_cast<int32_t *>(vs + 2 * BN * SV);
+
+    Work w;
+    if (!find_work<TILE>(L, local_pass, B, T, L.order, &w)) return;
+    if (!tile_has_rows<TILE>(w)) return;
+    const DevPass &P = L.passes[w.pg];
+    const int64_t e0 = L.row_ptr[P.row_ptr_off + w.blk], e1 = L.row_ptr[P.row_ptr_off + w.blk + 1];
+    const int32_t per = L.bs / BN, H = L.n_head;
+    const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
+    const int64_t row0 = static_cast<int64_t>(w.b) * T;
+
+    auto issue = [&](int32_t t) {
+        const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
+        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h);
+        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h);
+        for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
+    };
+    load_rows<TILE, DQ, NT>(qs, q, w.s, w.slot0, row0, H, w.h);
+    if (n_chunks > 0) issue(0);
+    cp_async_commit();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
+    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    float o[DV / 8][4];
+#pragma unroll
+    for (int n = 0; n < DV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f}; // log2 units
+
+    for (int32_t t = 0; t < n_chunks; ++t) {
+        cp_async_wait_all();
+        __syncthreads(); // stage t landed for all; stage t + 1 (read at t - 1) is free
+        if (t + 1 < n_chunks) issue(t + 1);
+        cp_async_commit();
+        const int st = t & 1;
+        const bf16 *kt = ks + st * BN * SQ, *vt = vs + st * BN * SV;
+        float s[BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        mma_abt<DQ, BN, SQ, SQ>(s, qs + warp * 16 * SQ, kt, lane);
+        mask_scores<BN, true>(s, qp, kpos + st * BN, L.mode[e0 + t / per], scale_log2, L, w, lane);
+        float mx[2] = {mrow[0], mrow[1]};
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
+        float base[2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            mx[r] = quad_max(mx[r]);
+            // a row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2 finite
+            base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
+            const float corr = exp2f(mrow[r] - base[r]);
+            mrow[r] = mx[r];
+            lrow[r] *= corr;
+#pragma unroll
+            for (int n = 0; n < DV / 8; ++n) {
+                o[n][2 * r] *= corr;
+                o[n][2 * r + 1] *= corr;
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s[n][i] = exp2f(s[n][i] - base[i >> 1]);
+                lrow[i >> 1] += s[n][i];
+            }
+        mma_pb<BN, DV, SV>(o, s, vt, lane);
+    }
+    cp_async_wait_all(); // nothing in flight at exit when the list was empty
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const float l = quad_sum(lrow[r]);
+        if (qp[r] < 0) continue;
+        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+        float *dst = out + ((row0 + qp[r]) * H + w.h) * DV + (lane & 3) * 2;
+#pragma unroll
+        for (int n = 0; n < DV / 8; ++n)
+            *reinterpret_cast<float2 *>(dst + n * 8) =
+                make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
+        if ((lane & 3) == 0)
+            lse[(static_cast<int64_t>(w.b) * H + w.h) * T + qp[r]] =
+                l > 0.0f ? (mrow[r] + log2f(l)) * kLn2 : -INFINITY;
+    }
+}
+
+template <int DQ, int DV, int TILE>
+__global__ void __launch_bounds__(TILE * 2, 1)
+    tc_dq_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
+                 const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+                 const bf16 *__restrict__ dout, const float *__restrict__ lse,
+                 const float *__restrict__ delta, float *__restrict__ dq, int32_t B, int32_t T,
+                 float scale_log2, float scale) {
+    using S = Shapes<DQ, DV, TILE>;
+    constexpr int NT = S::NT, SQ = S::SQ, SV = S::SV, BN = S::BN;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *qs = reinterpret_cast<bf16 *>(smem);
+    bf16 *dos = qs + TILE * SQ;
+    bf16 *ks = dos + TILE * SV; // two stages
+    bf16 *vs = ks + 2 * BN * SQ;
+    int32_t *kpos = reinterpret_cast<int32_t *>(vs + 2 * BN * SV);
+
+    Work w;
+    if (!find_work<TILE>(L, local_pass, B, T, L.order, &w)) return;
+    if (!tile_has_rows<TILE>(w)) return;
+    const DevPass &P = L.passes[w.pg];
+    const int64_t e0 = L.row_ptr[P.row_ptr_off + w.blk], e1 = L.row_ptr[P.row_ptr_off + w.blk + 1];
+    const int32_t per = L.bs / BN, H = L.n_head;
+    const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
+    const int64_t row0 = static_cast<int64_t>(w.b) * T;
+
+    auto issue = [&](int32_t t) {
+        const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
+        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h);
+        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h);
+        for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
+    };
+    load_rows<TILE, DQ, NT>(qs, q, w.s, w.slot0, row0, H, w.h);
+    load_rows<TILE, DV, NT>(dos, dout, w.s, w.slot0, row0, H, w.h);
+    if (n_chunks > 0) issue(0);
+    cp_async_commit();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
+    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    float lse2[2], dl[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t at = (static_cast<int64_t>(w.b) * H + w.h) * T + (qp[r] < 0 ? 0 : qp[r]);
+        lse2[r] = qp[r] >= 0 ? lse[at] * kLog2e : INFINITY; // P = 0 on rows without a position
+        dl[r] = qp[r] >= 0 ? delta[at] : 0.0f;
+    }
+    float acc[DQ / 8][4];
+#pragma unroll
+    for (int n = 0; n < DQ / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+
+    for (int32_t t = 0; t < n_chunks; ++t) {
+        cp_async_wait_all();
+        __syncthreads();
+        if (t + 1 < n_chunks) issue(t + 1);
+        cp_async_commit();
+        const int st = t & 1;
+        const bf16 *kt = ks + st * BN * SQ, *vt = vs + st * BN * SV;
+        float s[BN / 8][4], dp[BN / 8][4];
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) s[n][i] = dp[n][i] = 0.0f;
+        mma_abt<DQ, BN, SQ, SQ>(s, qs + warp * 16 * SQ, kt, lane);
+        mask_scores<BN, true>(s, qp, kpos + st * BN, L.mode[e0 + t / per], scale_log2, L, w, lane);
+        mma_abt<DV, BN, SV, SV>(dp, dos + warp * 16 * SV, vt, lane);
+#pragma unroll
+        for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const float p = exp2f(s[n][i] - lse2[i >> 1]);
+                dp[n][i] = p * (dp[n][i] - dl[i >> 1]); // dS
+            }
+        mma_pb<BN, DQ, SQ>(acc, dp, kt, lane);
+    }
+    cp_async_wait_all(); // nothing in flight at exit when the list was empty
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (qp[r] < 0) continue;
+        float *dst = dq + ((row0 + qp[r]) * H + w.h) * DQ + (lane & 3) * 2;
+#pragma unroll
+        for (int n = 0; n < DQ / 8; ++n) {
+            float2 x = *reinterpret_cast<float2 *>(dst + n * 8);
+            x.x += scale * acc[n][2 * r];
+            x.y += scale * acc[n][2 * r + 1];
+            *reinterpret_cast<float2 *>(dst + n * 8) = x;
+        }
+    }
+}
+
+template <int DQ, int DV, int TILE>
+__global__ void __launch_bounds__(TILE * 2, 1)
+    tc_dkdv_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
+                   const bf16 *__restrict__ k, const bf16 *__restrict__ v,
+                   const bf16 *__restrict__ dout, const float *__restrict__ lse,
+                   const float *__restrict__ delta, float *__restrict__ dk, float *__restrict__ dv,
+                   int32_t B, int32_t T, float scale_log2, float scale) {
+    using S = Shapes<DQ, DV, TILE>;
+    constexpr int NT = S::NT, SQ = S::SQ, SV = S::SV, BQ = S::BQ;
+    extern __shared__ __align__(16) unsigned char smem[];
+    bf16 *ks = reinterpret_cast<bf16 *>(smem);
+    bf16 *vs = ks + TILE * SQ;
+    bf16 *qs = vs + TILE * SV; // two stages
+    bf16 *dos = qs + 2 * BQ * SQ;
+    int32_t *qpos = reinterpret_cast<int32_t *>(dos + 2 * BQ * SV);
+    float *lse2s = reinterpret_cast<float *>(qpos + 2 * BQ);
+    float *dls = lse2s + 2 * BQ;
+
+    Work w;
+    if (!find_work<TILE>(L, local_pass, B, T, L.orderT, &w)) return;
+    if (!tile_has_rows<TILE>(w)) return;
+    const DevPass &P = L.passes[w.pg];
+    const int64_t e0 = L.colT_ptr[P.colT_ptr_off + w.blk],
+                  e1 = L.colT_ptr[P.colT_ptr_off + w.blk + 1];
+    const int32_t per = L.bs / BQ, H = L.n_head;
+    const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
+    const int64_t row0 = static_cast<int64_t>(w.b) * T,
+                  stat0 = (static_cast<int64_t>(w.b) * H + w.h) * T;
+
+    auto issue = [&](int32_t t) {
+        const int32_t slot = L.colT_idx[e0 + t / per] * L.bs + (t % per) * BQ, st = t & 1;
+        load_rows<BQ, DQ, NT>(qs + st * BQ * SQ, q, w.s, slot, row0, H, w.h);
+        load_rows<BQ, DV, NT>(dos + st * BQ * SV, dout, w.s, slot, row0, H, w.h);
+        for (int i = threadIdx.x; i < BQ; i += NT) {
+            const int32_t pos = slot_pos32(w.s, slot + i);
+            qpos[st * BQ + i] = pos;
+            // +inf: P = 0 for a query slot without a position (its Q and dO rows are zeros)
+            lse2s[st * BQ + i] = pos >= 0 ? lse[stat0 + pos] * kLog2e : INFINITY;
+            dls[st * BQ + i] = pos >= 0 ? delta[stat0 + pos] : 0.0f;
+        }
+    };
+    load_rows<TILE, DQ, NT>(ks, k, w.s, w.slot0, row0, H, w.h);
+    load_rows<TILE, DV, NT>(vs, v, w.s, w.slot0, row0, H, w.h);
+    if (n_chunks > 0) issue(0);
+    cp_async_commit();
+
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
+    const int32_t kp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    float dka[DQ / 8][4], dva[DV / 8][4];
+#pragma unroll
+    for (int n = 0; n < DQ / 8; ++n) dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.0f;
+#pragma unroll
+    for (int n = 0; n < DV / 8; ++n) dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
+
+    for (int32_t t = 0; t < n_chunks; ++t) {
+        cp_async_wait_all();
+        __syncthreads();
+        if (t + 1 < n_chunks) issue(t + 1);
+        cp_async_commit();
+        const int st = t & 1;
+        const bf16 *qt = qs + st * BQ * SQ, *dot = dos + st * BQ * SV;
+        const float *l2 = lse2s + st * BQ, *dlt = dls + st * BQ;
+        // transposed scores: rows are this warp's 16 keys, columns the BQ queries
+        float s[BQ / 8][4], dp[BQ / 8][4];
+#pragma unroll
+        for (int n = 0; n < BQ / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) s[n][i] = dp[n][i] = 0.0f;
+        mma_abt<DQ, BQ, SQ, SQ>(s, ks + warp * 16 * SQ, qt, lane);
+        mask_scores<BQ, false>(s, kp, qpos + st * BQ, L.modeT[e0 + t / per], scale_log2, L, w,
+                               lane);
+#pragma unroll
+        for (int n = 0; n < BQ / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                s[n][i] = exp2f(s[n][i] - l2[n * 8 + (lane & 3) * 2 + (i & 1)]);
+        mma_abt<DV, BQ, SV, SV>(dp, vs + warp * 16 * SV, dot, lane);
+        mma_pb<BQ, DV, SV>(dva, s, dot, lane);
+#pragma unroll
+        for (int n = 0; n < BQ / 8; ++n)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+                dp[n][i] = s[n][i] * (dp[n][i] - dlt[n * 8 + (lane & 3) * 2 + (i & 1)]);
+        mma_pb<BQ, DQ, SQ>(dka, dp, qt, lane);
+    }
+    cp_async_wait_all(); // nothing in flight at exit when the list was empty
+
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        if (kp[r] < 0) continue;
+        float *dkd = dk + ((row0 + kp[r]) * H + w.h) * DQ + (lane & 3) * 2;
+#pragma unroll
+        for (int n = 0; n < DQ / 8; ++n) {
+            float2 x = *reinterpret_cast<float2 *>(dkd + n * 8);
+            x.x += scale * dka[n][2 * r];
+            x.y += scale * dka[n][2 * r + 1];
+            *reinterpret_cast<float2 *>(dkd + n * 8) = x;
+        }
+        float *dvd = dv + ((row0 + kp[r]) * H + w.h) * DV + (lane & 3) * 2;
+#pragma unroll
+        for (int n = 0; n < DV / 8; ++n) {
+            float2 x = *reinterpret_cast<float2 *>(dvd + n * 8);
+            x.x += dva[n][2 * r];
+            x.y += dva[n][2 * r + 1];
+            *reinterpret_cast<float2 *>(dvd + n * 8) = x;
+        }
+    }
+}
+
+__global__ void to_bf16_kernel(bf16 *dst, const float *src, int64_t n) {
+    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+        dst[i] = __float2bfloat16(src[i]);
+}
+
+template <typename K> bool allow_smem(const std::shared_ptr<Context> &ctx, K kernel, size_t bytes) {
+    if (bytes <= 48 * 1024) return true;
+    return STX_CUDA_CHECK(ctx,
+                          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(bytes)));
+}
+
+// The flat grid of find_work; false (with the error recorded) if it exceeds a launch.
+bool grid_for(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t tile, int32_t B,
+              unsigned *blocks) {
+    const int64_t n =
+        static_cast<int64_t>(dl.max_qblocks) * (dl.view.bs / tile) * dl.view.n_head * B;
+    if (n > 0x7fffffff) {
+        ctx->err =
+            fail(STX_ERR_UNSUPPORTED,
+                 "CUDA attention: %lld thread blocks (blocks x heads x batch) exceed a launch",
+                 static_cast<long long>(n));
+        return false;
+    }
+    *blocks = static_cast<unsigned>(n < 1 ? 1 : n);
+    return true;
+}
+
+template <int DQ, int DV, int TILE> struct Tc {
+    using S = Shapes<DQ, DV, TILE>;
+    static void forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                        const bf16 *q, const bf16 *k, const bf16 *v, float *out, float *lse,
+                        int32_t B, int32_t T, float scale) {
+        auto kernel = tc_forward_kernel<DQ, DV, TILE>;
+        const size_t smem = S::forward_smem();
+        unsigned blocks = 0;
+        if (!allow_smem(ctx, kernel, smem) || !grid_for(ctx, dl, TILE, B, &blocks)) return;
+        kernel<<<blocks, S::NT, smem, ctx->stream>>>(dl.view, pass, q, k, v, out, lse, B, T,
+                                                     scale * kLog2e);
+        STX_LAUNCH_CHECK(ctx, "tc_forward_kernel");
+    }
+    static void backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                         const bf16 *q, const bf16 *k, const bf16 *v, const bf16 *dout,
+                         const float *lse, const float *delta, float *dq, float *dk, float *dv,
+                         int32_t B, int32_t T, float scale) {
+        auto kq = tc_dq_kernel<DQ, DV, TILE>;
+        auto kkv = tc_dkdv_kernel<DQ, DV, TILE>;
+        unsigned blocks = 0;
+        if (!allow_smem(ctx, kq, S::dq_smem()) || !allow_smem(ctx, kkv, S::dkdv_smem()) ||
+            !grid_for(ctx, dl, TILE, B, &blocks))
+            return;
+        kq<<<blocks, S::NT, S::dq_smem(), ctx->stream>>>(dl.view, pass, q, k, v, dout, lse, delta,
+                                                         dq, B, T, scale * kLog2e, scale);
+        if (!STX_LAUNCH_CHECK(ctx, "tc_dq_kernel")) return;
+        kkv<<<blocks, S::NT, S::dkdv_smem(), ctx->stream>>>(
+            dl.view, pass, q, k, v, dout, lse, delta, dk, dv, B, T, scale * kLog2e, scale);
+        STX_LAUNCH_CHECK(ctx, "tc_dkdv_kernel");
+    }
+};
+
+// Calls f(Tc<DQ, DV, TILE>()) for the compiled head dims, TILE = min(block size, 64).
+template <typename F> bool tc_dispatch(int32_t Dq, int32_t Dv, int32_t bs, F &&f) {
+#define STX_TC_CASE(DQ, DV)                                                                        \
+    if (Dq == DQ && Dv == DV) {                                                                    \
+        if (bs == 16)                                                                              \
+            f(Tc<DQ, DV, 16>());                                                                   \
+        else if (bs == 32)                                                                         \
+            f(Tc<DQ, DV, 32>());                                                                   \
+        else                                                                                       \
+            f(Tc<DQ, DV, 64>());                                                                   \
+        return true;                                                                               \
+    }
+    STX_TC_CASE(32, 32)
+    STX_TC_CASE(64, 64)
+    STX_TC_CASE(128, 128)
+    STX_TC_CASE(32, 64)
+    STX_TC_CASE(64, 128)
+#undef STX_TC_CASE
+    return false;
+}
+
+} // namespace
+
+bool tc_attention_supported(int32_t Dq, int32_t Dv, int32_t block_size) {
+    const bool dims =
+        (Dq == 32 || Dq == 64 || Dq == 128) && (Dv == Dq || (Dv == 2 * Dq && Dv <= 128));
+    const bool block =
+        block_size == 16 || block_size == 32 || block_size == 64 || block_size == 128;
+    return dims && block;
+}
+
+void tc_to_bf16(Context *ctx, __nv_bfloat16 *dst, const float *src, int64_t n) {
+    if (!ctx->ok() || n <= 0) return;
+    to_bf16_kernel<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, src, n);
+    STX_LAUNCH_CHECK(ctx, "to_bf16_kernel");
+}
+
+void tc_attention_forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                          const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                          float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
+                          float scale) {
+    if (!ctx->ok()) return;
+    tc_dispatch(Dq, Dv, dl.view.bs,
+                [&](auto tc) { tc.forward(ctx, dl, pass, q, k, v, out, lse, B, T, scale); });
+}
+
+void tc_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl,
+                           int32_t pass, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                           const __nv_bfloat16 *v, const __nv_bfloat16 *dout, const float *lse,
+                           const float *delta, float *dq, float *dk, float *dv, int32_t B,
+                           int32_t T, int32_t Dq, int32_t Dv, float scale) {
+    if (!ctx->ok()) return;
+    tc_dispatch(Dq, Dv, dl.view.bs, [&](auto tc) {
+        tc.backward(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, scale);
+    });
+}
+
+} // namespace cuda
+} // namespace stx

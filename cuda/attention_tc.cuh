@@ -1,0 +1,108 @@
+// attention_tc.cuh: what attention.cu (the layout on the device, the fp32 kernels, the pass
+// loop) and attention_tc.cu (the bf16 tensor-core kernels) share: the device copy of a
+// Layout, the element predicate of a pass, and the tensor-core entry points.
+#pragma once
+#include <cuda_bf16.h>
+
+#include <memory>
+
+#include "context.cuh"
+#include "layout.h"
+#include "pattern.h"
+
+namespace stx {
+namespace cuda {
+
+struct DevPass {
+    int32_t transposed, stride, n_qblocks, comp_begin, comp_end;
+    int64_t rows, n_slots;
+    int64_t row_ptr_off;  // this pass's n_qblocks + 1 entries of row_ptr
+    int64_t colT_ptr_off; // and of colT_ptr (query blocks reading each key block)
+    int64_t order_off;    // and its n_qblocks entries of order and orderT
+};
+
+struct DevComp {
+    int32_t kind, l, c, g;
+};
+
+// What the tensor-core kernels must evaluate inside one (query block, key block) entry of a
+// pass, decided on the host from the pattern's definition (attention.cu, block_mode). Every
+// mode still masks padded slots and positions >= T at run time.
+enum BlockMode : uint8_t {
+    kBlockMasked = 0, // some pairs are refused: evaluate the pass predicate per element
+    kBlockCausal = 1, // exactly the pairs with k <= q are computed
+    kBlockFull = 2,   // every pair is computed (the key block lies wholly before the queries)
+};
+
+// Everything a kernel needs to walk a layout; passed by value.
+struct LayoutView {
+    const DevPass *passes;
+    const DevComp *comps;
+    const int64_t *row_ptr;
+    const int32_t *col_idx;
+    const int64_t *colT_ptr;
+    const int32_t *colT_idx;
+    const uint8_t *user;
+    const int32_t *head_pass_begin; // passes of head h: [begin[h], begin[h+1])
+    const uint8_t *mode;            // BlockMode of each col_idx entry
+    const uint8_t *modeT;           // and of each colT_idx entry
+    const int32_t *order;           // per pass: query blocks by descending length of their CSR list
+    const int32_t *orderT; // per pass: key blocks by descending length of their transposed list
+    int32_t n_ctx, n_head, bs, user_nb;
+};
+
+struct DeviceLayout {
+    DeviceBuffer<DevPass> passes;
+    DeviceBuffer<DevComp> comps;
+    DeviceBuffer<int64_t> row_ptr, colT_ptr;
+    DeviceBuffer<int32_t> col_idx, colT_idx, head_pass_begin, order, orderT;
+    DeviceBuffer<uint8_t> user, mode, modeT;
+    int32_t max_passes = 0;
+    int32_t max_qblocks = 0;
+    LayoutView view{};
+};
+
+__device__ __forceinline__ bool comp_ok(const LayoutView &L, const DevComp &c, int32_t h, int64_t q,
+                                        int64_t k) {
+    if (c.kind == static_cast<int32_t>(CompKind::User))
+        return L.user[(static_cast<int64_t>(h) * L.user_nb + q / L.bs) * L.user_nb + k / L.bs] != 0;
+    return component_allows_raw(static_cast<CompKind>(c.kind), c.l, c.c, c.g, h, q, k);
+}
+
+// Layout::pass_allows on the device: in pass pg, and in no earlier pass of the head.
+__device__ inline bool pass_ok(const LayoutView &L, int32_t h, int32_t p0, int32_t pg, int64_t q,
+                               int64_t k) {
+    bool in = false;
+    for (int32_t c = L.passes[pg].comp_begin; c < L.passes[pg].comp_end && !in; ++c)
+        in = comp_ok(L, L.comps[c], h, q, k);
+    if (!in) return false;
+    for (int32_t p = p0; p < pg; ++p)
+        for (int32_t c = L.passes[p].comp_begin; c < L.passes[p].comp_end; ++c)
+            if (comp_ok(L, L.comps[c], h, q, k)) return false;
+    return true;
+}
+
+// The tensor-core (mma.sync bf16) kernels: head dims (Dq, Dv) in {(32, 32), (64, 64),
+// (128, 128), (32, 64), (64, 128)}, every block size of the layout (16 to 128).
+bool tc_attention_supported(int32_t Dq, int32_t Dv, int32_t block_size);
+
+// dst = bf16(src), n elements.
+void tc_to_bf16(Context *ctx, __nv_bfloat16 *dst, const float *src, int64_t n);
+
+// One pass of a head's layout: out and lse in the format of the fp32 kernels (lse over the
+// keys of this pass only; -inf where it has none), for the passes to be merged by their lse.
+void tc_attention_forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                          const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                          float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
+                          float scale);
+
+// One pass of backward: dq, dk, dv += the pass's share, from the merged lse and
+// delta = rowsum(dout * out). Deterministic: every output row has one writer per launch.
+void tc_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl,
+                           int32_t pass, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                           const __nv_bfloat16 *v, const __nv_bfloat16 *dout, const float *lse,
+                           const float *delta, float *dq, float *dk, float *dv, int32_t B,
+                           int32_t T, int32_t Dq, int32_t Dv, float scale);
+
+} // namespace cuda
+} // namespace stx
