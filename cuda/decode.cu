@@ -166,12 +166,17 @@ template <typename E, int DQ> __device__ __forceinline__ float dot_row(const flo
 
 template <typename E, int DQ, int DV>
 __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs<E> a) {
-    constexpr int kGroups = kAttnThreads / DV; // threads per value dim
-    __shared__ float q[DQ], knew[DQ], vnew[DV];
+    // Values: a thread sums 16-byte chunks of the rows of every kLanes-th key of a tile, so
+    // its loads are independent and all in flight; the key lanes are added at the end.
+    constexpr int kVec = 16 / sizeof(E); // elements of a 16-byte load
+    constexpr int kChunks = DV / kVec;   // threads along a value row
+    constexpr int kLanes = kAttnThreads / kChunks;
+    __shared__ float q[DQ], knew[DQ];
+    __shared__ __align__(16) E vnew[DV];
     __shared__ float score[kAttnThreads];
     __shared__ int64_t slot_of[kAttnThreads]; // -1: the new key, -2: none
     __shared__ float red[kAttnThreads / 32];
-    __shared__ float acc_part[kGroups][DV];
+    __shared__ float acc_part[kLanes][DV];
     __shared__ DecodeHead hd;
     __shared__ int is_last;
 
@@ -185,7 +190,7 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
         knew[d] = to_f(to_e<E>(row[a.QK + h * DQ + d] + a.bk[h * DQ + d]));
     }
     for (int d = tid; d < DV; d += kAttnThreads)
-        vnew[d] = to_f(to_e<E>(row[2 * a.QK + h * DV + d] + a.bv[h * DV + d]));
+        vnew[d] = to_e<E>(row[2 * a.QK + h * DV + d] + a.bv[h * DV + d]);
     __syncthreads();
 
     int64_t count[kDecodeMaxComps], total = 0;
@@ -203,14 +208,16 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
         for (int e = 0; e < 2; ++e) {
             if (s[e] < 0) continue;
             for (int d = tid; d < DQ; d += kAttnThreads) kbase[s[e] * DQ + d] = to_e<E>(knew[d]);
-            for (int d = tid; d < DV; d += kAttnThreads) vbase[s[e] * DV + d] = to_e<E>(vnew[d]);
+            for (int d = tid; d < DV; d += kAttnThreads) vbase[s[e] * DV + d] = vnew[d];
         }
     }
 
     const int64_t chunk = (total + n_splits - 1) / n_splits;
     const int64_t begin = split * chunk, end = begin + chunk < total ? begin + chunk : total;
-    const int dv = tid % DV, group = tid / DV;
-    float m = -INFINITY, l = 0.0f, acc = 0.0f;
+    const int vchunk = tid % kChunks, lane = tid / kChunks;
+    float m = -INFINITY, l = 0.0f, acc[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc[j] = 0.0f;
     for (int64_t tile = begin; tile < end; tile += kAttnThreads) {
         const int64_t t = tile + tid;
         float s = -INFINITY;
@@ -242,23 +249,31 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
         score[tid] = pr;
         const float tile_sum = block_reduce(pr, false, red); // also orders score[] writes
         l = l * alpha + tile_sum;
-        acc *= alpha;
-        for (int e = group; e < kAttnThreads; e += kGroups) {
+#pragma unroll
+        for (int j = 0; j < kVec; ++j) acc[j] *= alpha;
+#pragma unroll
+        for (int e = lane; e < kAttnThreads; e += kLanes) {
             const int64_t sl = slot_of[e];
-            if (sl == -2) continue;
-            const float v = sl == -1 ? vnew[dv] : to_f(vbase[sl * DV + dv]);
-            acc += score[e] * v;
+            // A key not read weighs 0 and loads row 0 (always there): no branch in the loop.
+            const E *src = sl >= 0 ? vbase + sl * DV : (sl == -1 ? vnew : vbase);
+            const uint4 raw = *(reinterpret_cast<const uint4 *>(src) + vchunk);
+            E vals[kVec];
+            memcpy(vals, &raw, sizeof raw);
+            const float w = score[e];
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) acc[j] += w * to_f(vals[j]);
         }
         m = m_new;
         __syncthreads(); // score[] and slot_of[] are rewritten by the next tile
     }
-    acc_part[group][dv] = acc;
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) acc_part[lane][vchunk * kVec + j] = acc[j];
     __syncthreads();
     float *part = a.partial + (static_cast<int64_t>(bh) * a.max_splits + split) * (DV + 2);
-    if (tid < DV) {
+    for (int d = tid; d < DV; d += kAttnThreads) {
         float sum = 0.0f;
-        for (int g = 0; g < kGroups; ++g) sum += acc_part[g][tid];
-        part[2 + tid] = sum;
+        for (int g = 0; g < kLanes; ++g) sum += acc_part[g][d];
+        part[2 + d] = sum;
     }
     if (tid == 0) {
         part[0] = m;
@@ -273,17 +288,17 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
     const float *first = a.partial + static_cast<int64_t>(bh) * a.max_splits * (DV + 2);
     float top = -INFINITY;
     for (int sp = 0; sp < n_splits; ++sp) top = fmaxf(top, __ldcg(first + sp * (DV + 2)));
-    if (tid < DV) {
+    for (int d = tid; d < DV; d += kAttnThreads) {
         float num = 0.0f, den = 0.0f;
         for (int sp = 0; sp < n_splits; ++sp) {
             const float *ps = first + sp * (DV + 2);
             const float ms = __ldcg(ps);
             if (ms == -INFINITY) continue;
             const float w = expf(ms - top);
-            num += w * __ldcg(ps + 2 + tid);
+            num += w * __ldcg(ps + 2 + d);
             den += w * __ldcg(ps + 1);
         }
-        a.out[static_cast<int64_t>(b) * a.C + h * DV + tid] = to_e<E>(num / den);
+        a.out[static_cast<int64_t>(b) * a.C + h * DV + d] = to_e<E>(num / den);
     }
     if (tid == 0) a.tickets[bh] = 0;
 }
@@ -335,7 +350,11 @@ public:
         if (!STX_CUDA_CHECK(c, cudaSetDevice(c->device))) return c->err;
         if (!STX_BLAS_CHECK(c, cublasCreate(&blas_)) ||
             !STX_BLAS_CHECK(c, cublasSetStream(blas_, c->stream)) ||
-            !STX_BLAS_CHECK(c, cublasSetMathMode(blas_, CUBLAS_PEDANTIC_MATH)))
+            // fp32 stays exact (no TF32); bf16 operands gain nothing from pedantic math,
+            // which keeps cuBLAS off its fastest small-batch kernels.
+            !STX_BLAS_CHECK(c, cublasSetMathMode(blas_, std::is_same<E, float>::value
+                                                            ? CUBLAS_PEDANTIC_MATH
+                                                            : CUBLAS_DEFAULT_MATH)))
             return c->err;
         // A workspace of its own, so the captured GEMMs never allocate.
         workspace_.allocate(ctx_, size_t(32) << 20);
@@ -358,21 +377,28 @@ public:
     }
 
     stx_status prefill(const uint8_t *tokens, int32_t n) override {
-        const int32_t T = n + 1;
-        std::vector<uint8_t> window(static_cast<size_t>(B_) * T, 0);
-        for (int32_t b = 0; b < B_; ++b)
-            std::memcpy(&window[static_cast<size_t>(b) * T], tokens + static_cast<size_t>(b) * n,
-                        static_cast<size_t>(n));
-        ForwardArgs args;
-        args.tokens = window.data();
-        args.B = B_;
-        args.T = T;
-        args.observer = this;
-        prefill_T_ = T;
-        double loss = 0.0;
-        const stx_status st = model_->forward(args, &loss);
-        prefill_T_ = 0;
-        if (st != STX_OK) return st;
+        const int32_t T = n + 1; // the last row reads tokens[n - 1]; its own token is unused
+        // Sequences go through the forward a group at a time, so its activations stay small.
+        const int32_t group = std::max(1, std::min(B_, kPrefillRows / T));
+        for (int32_t b0 = 0; b0 < B_; b0 += group) {
+            const int32_t nb = std::min(group, B_ - b0);
+            std::vector<uint8_t> window(static_cast<size_t>(nb) * T, 0);
+            for (int32_t b = 0; b < nb; ++b)
+                std::memcpy(&window[static_cast<size_t>(b) * T],
+                            tokens + static_cast<size_t>(b0 + b) * n, static_cast<size_t>(n));
+            ForwardArgs args;
+            args.tokens = window.data();
+            args.B = nb;
+            args.T = T;
+            args.observer = this;
+            prefill_T_ = T;
+            prefill_b0_ = b0;
+            prefill_nb_ = nb;
+            double loss = 0.0;
+            const stx_status st = model_->forward(args, &loss);
+            prefill_T_ = 0;
+            if (st != STX_OK) return st;
+        }
         pos_ = n;
         return ctx_->err;
     }
@@ -639,9 +665,12 @@ private:
     void keys_values(int32_t layer, const void *k, const void *v) override {
         if (!ctx_->ok()) return;
         const DecodePlan &p = plans_[static_cast<size_t>(layer)];
-        const dim3 grid(static_cast<unsigned>(prefill_T_), static_cast<unsigned>(B_ * d_.H));
+        const dim3 grid(static_cast<unsigned>(prefill_T_),
+                        static_cast<unsigned>(prefill_nb_ * d_.H));
+        const size_t first = static_cast<size_t>(prefill_b0_) * d_.H * p.slots; // rows before
         cache_fill_kernel<E><<<grid, 64, 0, ctx_->stream>>>(
-            kcache_[static_cast<size_t>(layer)].data(), vcache_[static_cast<size_t>(layer)].data(),
+            kcache_[static_cast<size_t>(layer)].data() + first * d_.Dq,
+            vcache_[static_cast<size_t>(layer)].data() + first * d_.Dv,
             static_cast<const float *>(k), static_cast<const float *>(v),
             heads_.data() + static_cast<size_t>(layer) * d_.H, p.slots, prefill_T_, d_.H, d_.Dq,
             d_.Dv);
@@ -653,10 +682,11 @@ private:
         const size_t row = STX_VOCAB * sizeof(float);
         const float *last =
             static_cast<const float *>(logits) + static_cast<size_t>(prefill_T_ - 1) * STX_VOCAB;
-        STX_CUDA_CHECK(ctx_, cudaMemcpy2DAsync(logits_.data(), row, last,
-                                               row * static_cast<size_t>(prefill_T_), row,
-                                               static_cast<size_t>(B_), cudaMemcpyDeviceToDevice,
-                                               ctx_->stream));
+        STX_CUDA_CHECK(
+            ctx_, cudaMemcpy2DAsync(logits_.data() + static_cast<size_t>(prefill_b0_) * STX_VOCAB,
+                                    row, last, row * static_cast<size_t>(prefill_T_), row,
+                                    static_cast<size_t>(prefill_nb_), cudaMemcpyDeviceToDevice,
+                                    ctx_->stream));
     }
 
     std::shared_ptr<Context> ctx_;
@@ -683,7 +713,7 @@ private:
     DeviceBuffer<int32_t> tickets_;
     int32_t max_splits_ = 1;
     int64_t pos_ = 0;
-    int32_t prefill_T_ = 0;
+    int32_t prefill_T_ = 0, prefill_b0_ = 0, prefill_nb_ = 0; // the forward running now
 };
 
 } // namespace

@@ -27,6 +27,9 @@ struct DecodeComp {
 };
 
 const int32_t kDecodeMaxComps = 8; // distinct parts of one head's merged pattern
+// A prefill runs the ordinary forward over groups of sequences of at most this many rows
+// (positions x sequences; one sequence at least), so its activations stay bounded.
+const int32_t kPrefillRows = 1 << 13;
 
 struct DecodeHead {
     int32_t keep_all;             // 1: slot = position

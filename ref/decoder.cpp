@@ -53,20 +53,27 @@ public:
 
     stx_status prefill(const uint8_t *tokens, int32_t n) override {
         const int32_t T = n + 1; // the last row reads tokens[n - 1]; its own token is unused
-        std::vector<uint8_t> window(static_cast<size_t>(B_) * T, 0);
-        for (int32_t b = 0; b < B_; ++b)
-            std::memcpy(&window[static_cast<size_t>(b) * T], tokens + static_cast<size_t>(b) * n,
-                        static_cast<size_t>(n));
-        ForwardArgs args;
-        args.tokens = window.data();
-        args.B = B_;
-        args.T = T;
-        args.observer = this;
-        prefill_T_ = T;
-        double loss = 0.0;
-        const stx_status st = model_->forward(args, &loss);
-        prefill_T_ = 0;
-        if (st != STX_OK) return st;
+        // Sequences go through the forward a group at a time, so its activations stay small.
+        const int32_t group = std::max(1, std::min(B_, kPrefillRows / T));
+        for (int32_t b0 = 0; b0 < B_; b0 += group) {
+            const int32_t nb = std::min(group, B_ - b0);
+            std::vector<uint8_t> window(static_cast<size_t>(nb) * T, 0);
+            for (int32_t b = 0; b < nb; ++b)
+                std::memcpy(&window[static_cast<size_t>(b) * T],
+                            tokens + static_cast<size_t>(b0 + b) * n, static_cast<size_t>(n));
+            ForwardArgs args;
+            args.tokens = window.data();
+            args.B = nb;
+            args.T = T;
+            args.observer = this;
+            prefill_T_ = T;
+            prefill_b0_ = b0;
+            prefill_nb_ = nb;
+            double loss = 0.0;
+            const stx_status st = model_->forward(args, &loss);
+            prefill_T_ = 0;
+            if (st != STX_OK) return st;
+        }
         pos_ = n;
         return STX_OK;
     }
@@ -131,16 +138,18 @@ private:
                       static_cast<size_t>(D)];
     }
 
-    // Writes position `pos`'s key and value rows (k, v: [B] rows of QK and C) into layer l.
-    void cache_write(int32_t l, int64_t pos, const S *k, int64_t k_stride, const S *v,
-                     int64_t v_stride) {
+    // Writes position `pos`'s key and value rows of sequences b0 .. b0 + nb (k, v: nb rows
+    // of QK and C, k_stride and v_stride apart) into layer l.
+    void cache_write(int32_t l, int64_t pos, int32_t b0, int32_t nb, const S *k, int64_t k_stride,
+                     const S *v, int64_t v_stride) {
         const DecodePlan &p = plans_[static_cast<size_t>(l)];
-        for (int32_t b = 0; b < B_; ++b)
+        for (int32_t i = 0; i < nb; ++i)
             for (int32_t h = 0; h < d_.H; ++h) {
+                const int32_t b = b0 + i;
                 int64_t slots[2];
                 decode_write_slots(p.heads[static_cast<size_t>(h)], pos, &slots[0], &slots[1]);
-                const S *kr = k + b * k_stride + static_cast<int64_t>(h) * d_.Dq;
-                const S *vr = v + b * v_stride + static_cast<int64_t>(h) * d_.Dv;
+                const S *kr = k + i * k_stride + static_cast<int64_t>(h) * d_.Dq;
+                const S *vr = v + i * v_stride + static_cast<int64_t>(h) * d_.Dv;
                 for (int64_t s : slots) {
                     if (s < 0) continue;
                     std::copy(kr, kr + d_.Dq,
@@ -205,7 +214,7 @@ private:
             linear_forward<S>(q_.data(), h_.data(), param(lp.q_w), param(lp.q_b), N, C, d_.QK);
             linear_forward<S>(k_.data(), h_.data(), param(lp.k_w), param(lp.k_b), N, C, d_.QK);
             linear_forward<S>(v_.data(), h_.data(), param(lp.v_w), param(lp.v_b), N, C, C);
-            cache_write(l, row, k_.data(), d_.QK, v_.data(), C);
+            cache_write(l, row, 0, B_, k_.data(), d_.QK, v_.data(), C);
             attend(l, row);
             linear_forward<S>(p_.data(), att_.data(), param(lp.proj_w), param(lp.proj_b), N, C, C);
             residual_dropout_forward<S>(x2_.data(), x_.data(), p_.data(), int64_t(N) * C, 0.0, 0, 0,
@@ -230,15 +239,16 @@ private:
         const int64_t T = prefill_T_;
         const int64_t row_k = T * d_.QK, row_v = T * d_.C; // stride between sequences
         for (int64_t t = 0; t < T; ++t)
-            cache_write(layer, t, kk + t * d_.QK, row_k, vv + t * d_.C, row_v);
+            cache_write(layer, t, prefill_b0_, prefill_nb_, kk + t * d_.QK, row_k, vv + t * d_.C,
+                        row_v);
     }
 
     void logits(const void *logits) override {
         const S *all = static_cast<const S *>(logits);
-        for (int32_t b = 0; b < B_; ++b)
+        for (int32_t b = 0; b < prefill_nb_; ++b)
             std::copy(all + (static_cast<int64_t>(b) * prefill_T_ + prefill_T_ - 1) * STX_VOCAB,
                       all + (static_cast<int64_t>(b) * prefill_T_ + prefill_T_) * STX_VOCAB,
-                      logits_.begin() + static_cast<size_t>(b) * STX_VOCAB);
+                      logits_.begin() + static_cast<size_t>(prefill_b0_ + b) * STX_VOCAB);
     }
 
     const ModelSpec *spec_;
@@ -251,7 +261,7 @@ private:
     std::vector<std::vector<S>> kcache_, vcache_; // per layer [B][H][slots][D]
     std::vector<S> x_, h_, mean_, rstd_, q_, k_, v_, att_, p_, x2_, f1_, g_, f2_, logits_;
     int64_t pos_ = 0;
-    int32_t prefill_T_ = 0;
+    int32_t prefill_T_ = 0, prefill_b0_ = 0, prefill_nb_ = 0; // the forward running now
 };
 
 } // namespace

@@ -4,6 +4,7 @@
  *    forward over the same prefix (fp32: relative 1e-5; fp64: 1e-12), for every pattern kind,
  *    merged, multi-head and interleaved patterns, a user layout and a 2-axis position shape,
  *    at every position of n_ctx 64 (blocks of 16, widths 8 to 32);
+ *  - a prefill of more rows than one forward takes goes through in groups of sequences;
  *  - a prompt fed after position 0 (a step per byte) gives the same bits as single steps;
  *  - stx_decoder_state_bytes follows the documented rule (local keeps L, fixed L + n/L * C,
  *    strided and dense n_ctx slots) and equals what a decoder holds;
@@ -51,6 +52,17 @@ static void test_matches_forward_fp64(void **state) {
         stx_model_free(m);
     }
     printf("  %zu patterns in fp64: worst %.2e (bound 1e-12)\n", n, worst);
+}
+
+/* 210 sequences of 41 rows pass the prefill's group limit (8,192 rows): two forwards fill the
+ * cache that the 23 steps after them read. */
+static void test_prefill_in_groups(void **state) {
+    (void)state;
+    const stx_test_decode_case c = {"local:8+strided:8", 2, -1, 0};
+    stx_model *m = stx_test_decode_model(&c, STX_BACKEND_CPU, STX_PRECISION_FP32, 6);
+    const double e = stx_test_decode_check(m, 210, 40, 600, 1e-5, "210 sequences");
+    printf("  210 sequences prefilled in two groups: worst %.2e (bound 1e-5)\n", e);
+    stx_model_free(m);
 }
 
 /* A prompt fed at position > 0 goes a step per byte: the same bits as stepping by hand. */
@@ -197,6 +209,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_forward_fp32),
         cmocka_unit_test(test_matches_forward_fp64),
+        cmocka_unit_test(test_prefill_in_groups),
         cmocka_unit_test(test_late_prefill_equals_steps),
         cmocka_unit_test(test_state_bytes),
         cmocka_unit_test(test_sample_cached_equals_naive),

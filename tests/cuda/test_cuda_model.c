@@ -5,7 +5,8 @@
  *  - logits, loss and every parameter gradient (fp32: max|cuda - cpu| / max|cpu| <= 1e-4);
  *  - ten AdamW steps on the same batches give the same weights (fp32 <= 1e-4);
  *  - the CUDA backend is deterministic (two runs, the same bits) and reports its memory;
- *  - bf16 training follows the fp32 loss curve (final loss within 2%).
+ *  - bf16 training follows fp32: the first 10 losses within 1%, the final loss within twice
+ *    the spread fp32 shows under another order of the training windows (at least 2%).
  * Without a GPU the test says so and exits 77.
  */
 #include "harness.h"
@@ -219,49 +220,71 @@ static void test_deterministic_and_memory(void **state) {
     free(g[1]);
 }
 
-/* bf16 mixed precision trains like fp32: the same data, final loss within 2%. */
-static void test_bf16_follows_fp32(void **state) {
-    (void)state;
+/* Trains `mc` for 150 AdamW steps on windows of a short text drawn in the order of
+ * `order_seed`; returns the mean evaluation loss over the text, and the first 10 training
+ * losses through early[]. */
+static double train_text(const model_case *mc, int32_t precision, unsigned long long order_seed,
+                         double *early) {
     const char *text =
         "In the beginning God created the heaven and the earth. And the earth was without form, "
         "and void; and darkness was upon the face of the deep. And the Spirit of God moved upon "
         "the face of the waters. And God said, Let there be light: and there was light. ";
     const int32_t n = (int32_t)strlen(text), T = 64, B = 8;
-    model_case mc = {"bf16", "local:32+strided:16", 2, 128, 4, 64, 64, 32, 1.0f, -1};
-    double final_loss[2] = {0, 0};
-    for (int p = 0; p < 2; ++p) {
-        stx_model *m =
-            make(&mc, STX_BACKEND_CUDA, p ? STX_PRECISION_BF16 : STX_PRECISION_FP32, 0.0f);
-        stx_optim_config opt;
-        CHECK_OK(stx_optim_config_init(&opt));
-        opt.lr = 2e-3;
-        CHECK_OK(stx_model_set_optimizer(m, &opt));
-        uint8_t batch[8 * 64];
-        unsigned long long r = 12345;
-        double loss = 0;
-        for (int step = 0; step < 150; ++step) {
-            for (int b = 0; b < B; ++b) {
-                r = r * 6364136223846793005ull + 1442695040888963407ull;
-                memcpy(batch + b * T, text + (r >> 33) % (unsigned long long)(n - T), (size_t)T);
-            }
-            CHECK_OK(stx_forward(m, batch, B, T, &loss));
-            CHECK_OK(stx_zero_grad(m));
-            CHECK_OK(stx_backward(m));
-            CHECK_OK(stx_optimizer_step(m, NULL, NULL));
+    stx_model *m = make(mc, STX_BACKEND_CUDA, precision, 0.0f);
+    stx_optim_config opt;
+    CHECK_OK(stx_optim_config_init(&opt));
+    opt.lr = 2e-3;
+    CHECK_OK(stx_model_set_optimizer(m, &opt));
+    uint8_t batch[8 * 64];
+    unsigned long long r = order_seed;
+    double loss = 0;
+    for (int step = 0; step < 150; ++step) {
+        for (int b = 0; b < B; ++b) {
+            r = r * 6364136223846793005ull + 1442695040888963407ull;
+            memcpy(batch + b * T, text + (r >> 33) % (unsigned long long)(n - T), (size_t)T);
         }
-        double eval = 0, sum = 0;
-        for (int w = 0; w + T <= n; w += T) {
-            CHECK_OK(stx_evaluate(m, (const uint8_t *)text + w, 1, T, &eval));
-            sum += eval;
-        }
-        final_loss[p] = sum / (n / T);
-        stx_model_free(m);
+        CHECK_OK(stx_forward(m, batch, B, T, &loss));
+        if (step < 10) early[step] = loss;
+        CHECK_OK(stx_zero_grad(m));
+        CHECK_OK(stx_backward(m));
+        CHECK_OK(stx_optimizer_step(m, NULL, NULL));
     }
-    const double rel = fabs(final_loss[1] - final_loss[0]) / final_loss[0];
-    printf("  final loss fp32 %.4f, bf16 %.4f (%.2f%% apart; bound 2%%)\n", final_loss[0],
-           final_loss[1], 100 * rel);
-    assert_true(final_loss[0] < 2.0); /* it learned: ln 256 = 5.55 at the start */
-    assert_true(rel <= 0.02);
+    double eval = 0, sum = 0;
+    for (int w = 0; w + T <= n; w += T) {
+        CHECK_OK(stx_evaluate(m, (const uint8_t *)text + w, 1, T, &eval));
+        sum += eval;
+    }
+    stx_model_free(m);
+    return sum / (n / T);
+}
+
+/* bf16 mixed precision trains like fp32. Memorizing a 256-byte text is chaotic: a rounding
+ * difference early on moves the loss reached after 150 steps by several percent, so the
+ * final losses are compared against the spread fp32 itself shows when only the order of the
+ * training windows changes (measured here, in the same run): bf16 must stay within twice
+ * that spread (and within 2% if the spread is smaller). Before chaos takes over, the first
+ * 10 training losses of bf16 and fp32 (same order) must agree within 1%. */
+static void test_bf16_follows_fp32(void **state) {
+    (void)state;
+    model_case mc = {"bf16", "local:32+strided:16", 2, 128, 4, 64, 64, 32, 1.0f, -1};
+    double early32[10], early16[10], early_other[10];
+    const double fp32 = train_text(&mc, STX_PRECISION_FP32, 12345, early32);
+    const double fp32_other = train_text(&mc, STX_PRECISION_FP32, 777, early_other);
+    const double bf16 = train_text(&mc, STX_PRECISION_BF16, 12345, early16);
+    double early_worst = 0.0;
+    for (int i = 0; i < 10; ++i) {
+        const double d = fabs(early16[i] - early32[i]) / early32[i];
+        if (d > early_worst) early_worst = d;
+    }
+    const double spread = fabs(fp32_other - fp32) / fp32, rel = fabs(bf16 - fp32) / fp32;
+    const double bound = spread * 2 > 0.02 ? spread * 2 : 0.02;
+    printf("  first 10 steps: bf16 vs fp32 at most %.3f%% apart (bound 1%%)\n", 100 * early_worst);
+    printf("  final loss fp32 %.4f, bf16 %.4f (%.2f%% apart); fp32 with another window order "
+           "%.4f (%.2f%%): bound %.2f%%\n",
+           fp32, bf16, 100 * rel, fp32_other, 100 * spread, 100 * bound);
+    assert_true(fp32 < 2.0 && bf16 < 2.0); /* both learned: ln 256 = 5.55 at the start */
+    assert_true(early_worst <= 0.01);
+    assert_true(rel <= bound);
 }
 
 /* A device memory limit refuses a larger batch with the bytes named; a status, not a crash. */
