@@ -7,11 +7,13 @@
 // the log-sum-exp saved for backward, the T x T matrix never stored, the element mask
 // evaluated with the reference's own predicate (lib/pattern.h, lib/layout.h). The bf16 mode
 // runs the tensor-core kernels of attention_tc.cu over the same device layout, which this file
-// builds (with each entry's BlockMode and a longest-first launch order) and whose passes it
+// builds (with each entry's mask and a longest-first launch order) and whose passes it
 // loops over. Passes of a merged pattern are combined through their log-sum-exp. Backward:
 // D = rowsum(dO * O); dq query-centric over the CSR lists; dk and dv key-centric over the
 // transposed lists, so nothing is accumulated with atomics and every run gives the same bits.
 #include <algorithm>
+#include <cstring>
+#include <map>
 #include <vector>
 
 #include "attention_tc.cuh"
@@ -30,6 +32,107 @@ bool upload(const std::shared_ptr<Context> &ctx, DeviceBuffer<T> &dst, const std
                                                cudaMemcpyHostToDevice, ctx->stream));
 }
 
+// --- entry masks (the MaskDesc of attention_tc.cuh) ---
+// While it is built, an entry's mask is one of two forms over the pairs (q, k) of the entry
+// with k <= q: OR form, (q, k) computed iff cols[k offset] or lo <= q - k < hi (what the
+// kernels evaluate); AND form (transposed passes), iff cols[k offset] and q - k >= lo.
+struct EntryMask {
+    uint32_t cols[4] = {0, 0, 0, 0};
+    int64_t lo = 0, hi = 0;
+    bool generic = false;
+};
+
+constexpr int64_t kBandOpen = 0x7fffffff; // hi of a band open to the right
+
+bool col_bit(const EntryMask &m, int64_t o) {
+    return (m.cols[o >> 5] >> (o & 31)) & 1u;
+}
+void set_col(EntryMask &m, int64_t o) {
+    m.cols[o >> 5] |= 1u << (o & 31);
+}
+void set_cols(EntryMask &m, int64_t n) {
+    for (int64_t o = 0; o < n; ++o) set_col(m, o);
+}
+// Whether (a & keep) == keep, and whether a & keep is empty.
+bool cols_cover(const EntryMask &a, const EntryMask &keep) {
+    for (int w = 0; w < 4; ++w)
+        if ((a.cols[w] & keep.cols[w]) != keep.cols[w]) return false;
+    return true;
+}
+bool cols_none(const EntryMask &a, const EntryMask &keep) {
+    for (int w = 0; w < 4; ++w)
+        if ((a.cols[w] & keep.cols[w]) != 0) return false;
+    return true;
+}
+
+bool fixed_cell(const Component &c, int32_t h, int64_t k) {
+    const int64_t g = h % c.g, cell = k % c.l;
+    return cell >= c.l - (g + 1) * c.c && cell < c.l - g * c.c;
+}
+
+// OR form of natural-order component c over query positions [s0, s1] and keys [t0, t1]
+// (entry (i, j) of pass 0; slots are positions there).
+EntryMask natural_mask(const Layout &lay, const Component &c, int32_t h, int64_t i, int64_t j,
+                       int64_t s0, int64_t s1, int64_t t0, int64_t t1) {
+    EntryMask m;
+    switch (c.kind) {
+    case CompKind::Dense:
+        set_cols(m, t1 - t0 + 1);
+        break;
+    case CompKind::Local:
+        if (s1 - t0 < c.l)
+            set_cols(m, t1 - t0 + 1); // the widest pair (s1, t0) is inside the window
+        else if (s0 - t1 < c.l)
+            m.hi = c.l; // else no pair is: nothing
+        break;
+    case CompKind::Strided:
+        // natural order holds strided:1 (dense) and strided:L >= n (the diagonal q == k)
+        if (c.l == 1)
+            set_cols(m, t1 - t0 + 1);
+        else if (c.l >= lay.n_ctx)
+            m.hi = 1;
+        else
+            m.generic = true;
+        break;
+    case CompKind::Fixed: {
+        // Queries q and keys k <= q share an L-block when k >= y (the L-block of the last
+        // query; any q >= k lies there too); keys before x (the L-block of the first query)
+        // are read through the summary cells only. Keys in [x, y) pair both ways: generic.
+        const int64_t x = (s0 / c.l) * c.l, y = (s1 / c.l) * c.l;
+        if (t1 < x || t0 >= y) {
+            for (int64_t k = t0; k <= t1; ++k)
+                if (k >= y || fixed_cell(c, h, k)) set_col(m, k - t0);
+        } else {
+            m.generic = true;
+        }
+        break;
+    }
+    case CompKind::User:
+        if (lay.user_blocks[(static_cast<size_t>(h) * lay.user_nb + static_cast<size_t>(i)) *
+                                lay.user_nb +
+                            static_cast<size_t>(j)] != 0)
+            set_cols(m, t1 - t0 + 1);
+        break;
+    }
+    return m;
+}
+
+// a |= b in OR form: bands that overlap or touch merge, two apart are generic.
+void unite(EntryMask &a, const EntryMask &b) {
+    a.generic = a.generic || b.generic;
+    for (int w = 0; w < 4; ++w) a.cols[w] |= b.cols[w];
+    if (b.lo >= b.hi) return;
+    if (a.lo >= a.hi) {
+        a.lo = b.lo;
+        a.hi = b.hi;
+    } else if (b.lo <= a.hi && a.lo <= b.hi) {
+        a.lo = std::min(a.lo, b.lo);
+        a.hi = std::max(a.hi, b.hi);
+    } else {
+        a.generic = true;
+    }
+}
+
 int64_t gcd64(int64_t a, int64_t b) {
     while (b != 0) {
         const int64_t t = a % b;
@@ -39,98 +142,118 @@ int64_t gcd64(int64_t a, int64_t b) {
     return a;
 }
 
-// Whether every key in [a, b] lies in the summary cells of fixed component c for head h.
-bool fixed_summary_range(const Component &c, int32_t h, int64_t a, int64_t b) {
-    if (a > b) return true;
-    const int64_t g = h % c.g, lo = c.l - (g + 1) * c.c, hi = c.l - g * c.c;
-    if (lo <= 0 && hi >= c.l) return true;
-    return a / c.l == b / c.l && a % c.l >= lo && b % c.l < hi;
+// The MaskDesc of an OR-form mask. valid: the key offsets holding a position (the others
+// are masked at run time, so their bits do not matter); q - k of the entry's pairs lies in
+// [dlo, dhi]; before: every key slot precedes every query slot.
+MaskDesc finish_mask(EntryMask m, const EntryMask &valid, int64_t n_keys, int64_t dlo, int64_t dhi,
+                     bool before) {
+    MaskDesc d{};
+    if (m.generic) {
+        d.flags = kMaskGeneric;
+        for (int64_t g = 0; g * 16 < n_keys; ++g) d.groups |= 1u << g;
+        return d;
+    }
+    // A band covering every pair is all columns; one missing them all is nothing.
+    if (m.lo < m.hi && m.lo <= dlo && m.hi > dhi) set_cols(m, n_keys);
+    if (m.lo >= m.hi || m.lo > dhi || m.hi <= dlo || cols_cover(m, valid)) m.lo = m.hi = 0;
+    for (int w = 0; w < 4; ++w) d.cols[w] = m.cols[w] & valid.cols[w];
+    d.lo = static_cast<int32_t>(m.lo);
+    d.hi = static_cast<int32_t>(std::min(m.hi, kBandOpen));
+    if (cols_cover(m, valid) && before) d.flags = kMaskFull;
+    for (int64_t g = 0; g * 16 < n_keys; ++g) {
+        bool any = m.lo < m.hi;
+        for (int64_t o = g * 16; o < std::min(n_keys, g * 16 + 16) && !any; ++o)
+            any = col_bit(m, o) && col_bit(valid, o);
+        if (any) d.groups |= 1u << g;
+    }
+    return d;
 }
 
-// Whether natural-order component c allows every pair with k <= q of query positions
-// [q0, q1] and key positions [k0, k1] (query block i, key block j, k0 <= q1).
-bool natural_allows_all(const Layout &lay, const Component &c, int32_t h, int64_t i, int64_t j,
-                        int64_t q0, int64_t q1, int64_t k0, int64_t k1) {
-    (void)q0;
-    switch (c.kind) {
-    case CompKind::Dense:
-        return true;
-    case CompKind::Local:
-        return q1 - k0 < c.l; // the widest pair is (q1, k0)
-    case CompKind::Strided:
-        return c.l == 1; // natural order holds strided:1 (dense) and strided:L >= n (diagonal)
-    case CompKind::Fixed: {
-        // A key in the L-block of q1 shares it with every query q >= k of the block (they lie
-        // between k and q1); an earlier key pairs with q1 across L-blocks, so it must be a
-        // summary cell.
-        const int64_t x = (q1 / c.l) * c.l;
-        return fixed_summary_range(c, h, k0, std::min(k1, x - 1));
-    }
-    case CompKind::User:
-        return lay.user_blocks[(static_cast<size_t>(h) * lay.user_nb + static_cast<size_t>(i)) *
-                                   lay.user_nb +
-                               static_cast<size_t>(j)] != 0;
-    }
-    return false;
-}
-
-// Whether component c of an earlier pass may allow a pair of a transposed block pair lying in
-// chunk `col` of stride L: keys at positions col + r L for rows r in [r0, r1], query-key
-// distances d L for d in [dmin, dmax] (dmin >= 0). May say yes when it does not.
-bool earlier_touches(const Component &c, int32_t h, int64_t L, int64_t col, int64_t r0, int64_t r1,
-                     int64_t dmin, int64_t dmax) {
-    switch (c.kind) {
-    case CompKind::Dense:
-    case CompKind::User:
-        return true;
-    case CompKind::Local:
-        return dmin * L < c.l;
-    case CompKind::Strided: {
-        // (d L) mod l' == 0 exactly when m = l' / gcd(L, l') divides d
-        const int64_t m = c.l / gcd64(L, c.l);
-        return (dmin + m - 1) / m * m <= dmax;
-    }
-    case CompKind::Fixed: {
-        if (dmin * L < c.l) return true; // a pair may share an L-block
-        const int64_t g = h % c.g, lo = c.l - (g + 1) * c.c, hi = c.l - g * c.c;
-        for (int64_t r = r0; r <= r1; ++r) {
-            const int64_t cell = (col + r * L) % c.l;
-            if (cell >= lo && cell < hi) return true;
-        }
-        return false;
-    }
-    }
-    return true;
-}
-
-// The BlockMode of entry (query block i, key block j) of pass p of head h, from the pattern's
-// definition, over every slot of the two blocks: padded slots and positions >= T are masked
-// at run time whatever the mode says. O(1) per entry except a fixed part merged with strided
-// (O(block)), so layouts of a million positions stay cheap.
-uint8_t block_mode(const Layout &lay, const HeadLayout &hl, size_t p, int32_t h, int64_t i,
-                   int64_t j) {
+// The mask of entry (query block i, key block j) of pass p of head h, from the pattern's
+// definition. O(block) per entry, so layouts of a million positions stay cheap.
+MaskDesc entry_mask(const Layout &lay, const HeadLayout &hl, size_t p, int32_t h, int64_t i,
+                    int64_t j) {
     const AttnPass &ap = hl.passes[p];
     const int64_t bs = lay.block_size;
     const int64_t s0 = i * bs, s1 = std::min(s0 + bs, ap.n_slots) - 1;
     const int64_t t0 = j * bs, t1 = std::min(t0 + bs, ap.n_slots) - 1;
-    const uint8_t allowed = t1 <= s0 ? kBlockFull : kBlockCausal;
+    const int64_t n_keys = t1 - t0 + 1;
+    EntryMask valid, m;
+    for (int64_t o = 0; o < n_keys; ++o)
+        if (slot_position(ap, lay.n_ctx, t0 + o) >= 0) set_col(valid, o);
     if (!ap.transposed) {
-        if (p != 0) return kBlockMasked; // natural parts share pass 0; never reached
-        for (const Component &c : ap.include)
-            if (natural_allows_all(lay, c, h, i, j, s0, s1, t0, t1)) return allowed;
-        return kBlockMasked;
+        if (p != 0) { // natural parts share pass 0; never reached
+            m.generic = true;
+        } else {
+            for (const Component &c : ap.include)
+                unite(m, natural_mask(lay, c, h, i, j, s0, s1, t0, t1));
+        }
+        return finish_mask(m, valid, n_keys, std::max<int64_t>(0, s0 - t1), s1 - t0, t1 <= s0);
     }
-    // strided:L allows exactly the pairs of one chunk (a column of the transposed order) with
-    // k <= q, which there is slot order; blocks across chunks are masked.
-    const int64_t R = ap.rows, col = s0 / R;
-    if (s1 / R != col || t0 / R != col || t1 / R != col) return kBlockMasked;
+    // strided:L computes exactly the pairs of one chunk (a column of the transposed order)
+    // with k <= q, which there is slot order, less those of earlier passes; blocks across
+    // chunks are generic. Inside chunk `col`, key slot t holds col + (t - col R) L and
+    // q - k = d L, d the slot distance, in [dmin, dmax].
+    const int64_t R = ap.rows, L = ap.stride, col = s0 / R;
     const int64_t dmin = std::max<int64_t>(0, s0 - t1), dmax = s1 - t0;
-    for (size_t pp = 0; pp < p; ++pp)
-        for (const Component &c : hl.passes[pp].include)
-            if (earlier_touches(c, h, ap.stride, col, t0 - col * R, t1 - col * R, dmin, dmax))
-                return kBlockMasked;
-    return allowed;
+    if (s1 / R != col || t0 / R != col || t1 / R != col) {
+        m.generic = true;
+        return finish_mask(m, valid, n_keys, dmin * L, dmax * L, false);
+    }
+    set_cols(m, n_keys); // AND form: cols allowed, q - k >= lo
+    auto none = [&] { return finish_mask(EntryMask(), valid, n_keys, 0, 0, false); };
+    for (size_t pp = 0; pp < p && !m.generic; ++pp)
+        for (const Component &c : hl.passes[pp].include) {
+            switch (c.kind) {
+            case CompKind::Dense:
+                return none();
+            case CompKind::User:
+                m.generic = true;
+                break;
+            case CompKind::Local:
+                m.lo = std::max<int64_t>(m.lo, c.l);
+                break;
+            case CompKind::Strided: {
+                // (d L) mod l' == 0 exactly when m' = l' / gcd(L, l') divides d: d = 0 always,
+                // and then every m'-th row, which is generic unless no such d > 0 occurs.
+                const int64_t mm = c.l / gcd64(L, c.l);
+                if (mm == 1) return none();
+                m.lo = std::max<int64_t>(m.lo, 1);
+                if (mm <= dmax && (std::max<int64_t>(dmin, 1) + mm - 1) / mm * mm <= dmax)
+                    m.generic = true;
+                break;
+            }
+            case CompKind::Fixed:
+                // Same L'-block: never when dmin L >= l'; only d = 0 when L >= l'.
+                if (dmin * L < c.l) {
+                    if (L >= c.l)
+                        m.lo = std::max<int64_t>(m.lo, 1);
+                    else
+                        m.generic = true;
+                }
+                for (int64_t o = 0; o < n_keys; ++o) {
+                    const int64_t pos = slot_position(ap, lay.n_ctx, t0 + o);
+                    if (pos >= 0 && fixed_cell(c, h, pos)) m.cols[o >> 5] &= ~(1u << (o & 31));
+                }
+                break;
+            }
+            if (m.generic) break;
+        }
+    // AND form to OR form.
+    if (!m.generic && m.lo > dmin * L) {
+        if (m.lo > dmax * L || cols_none(m, valid)) return none();
+        if (!cols_cover(m, valid)) {
+            m.generic = true;
+        } else {
+            for (int w = 0; w < 4; ++w) m.cols[w] = 0;
+            m.hi = kBandOpen;
+        }
+    } else {
+        m.lo = m.hi = 0;
+    }
+    return finish_mask(m, valid, n_keys, dmin * L, dmax * L, t1 <= s0);
 }
+// --- end of entry masks ---
 
 // Block indices 0..n-1 by descending list length (stable), for launching long rows first.
 std::vector<int32_t> by_length(const std::vector<int64_t> &ptr, size_t first, int32_t n) {
@@ -151,6 +274,24 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
     std::vector<int64_t> row_ptr, colT_ptr;
     std::vector<int32_t> col_idx, colT_idx, head_begin, order, orderT;
     std::vector<uint8_t> mode, modeT;
+    // The distinct masks, index 0 the generic one (also used past 256 distinct masks, which
+    // no pattern of the grammar reaches at a block size).
+    std::vector<MaskDesc> masks(1);
+    masks[0].flags = kMaskGeneric;
+    masks[0].groups = 0xffu;
+    std::map<std::vector<uint32_t>, uint8_t> mask_index;
+    auto intern = [&](const MaskDesc &d) -> uint8_t {
+        if (d.flags & kMaskGeneric) return 0;
+        std::vector<uint32_t> key(sizeof(MaskDesc) / sizeof(uint32_t));
+        std::memcpy(key.data(), &d, sizeof d);
+        auto it = mask_index.find(key);
+        if (it != mask_index.end()) return it->second;
+        if (masks.size() >= 256) return 0;
+        const uint8_t at = static_cast<uint8_t>(masks.size());
+        masks.push_back(d);
+        mask_index.emplace(key, at);
+        return at;
+    };
     auto dl = std::make_shared<DeviceLayout>();
     for (size_t h = 0; h < lay.heads.size(); ++h) {
         const HeadLayout &hl = lay.heads[h];
@@ -178,7 +319,8 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
             for (int32_t i = 0; i < ap.n_qblocks; ++i)
                 for (int64_t e = ap.row_ptr[i]; e < ap.row_ptr[i + 1]; ++e) {
                     const int32_t j = ap.col_idx[static_cast<size_t>(e)];
-                    const uint8_t m = block_mode(lay, hl, pi, static_cast<int32_t>(h), i, j);
+                    const uint8_t m =
+                        intern(entry_mask(lay, hl, pi, static_cast<int32_t>(h), i, j));
                     mode.push_back(m);
                     readers[static_cast<size_t>(j)].push_back(i);
                     reader_mode[static_cast<size_t>(j)].push_back(m);
@@ -207,7 +349,8 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
         !upload(ctx, dl->colT_ptr, colT_ptr) || !upload(ctx, dl->colT_idx, colT_idx) ||
         !upload(ctx, dl->head_pass_begin, head_begin) || !upload(ctx, dl->user, lay.user_blocks) ||
         !upload(ctx, dl->mode, mode) || !upload(ctx, dl->modeT, modeT) ||
-        !upload(ctx, dl->order, order) || !upload(ctx, dl->orderT, orderT))
+        !upload(ctx, dl->masks, masks) || !upload(ctx, dl->order, order) ||
+        !upload(ctx, dl->orderT, orderT))
         return nullptr;
     if (!STX_CUDA_CHECK(ctx, cudaStreamSynchronize(ctx->stream))) return nullptr; // host vectors
     LayoutView &v = dl->view;
@@ -219,6 +362,7 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
     v.colT_idx = dl->colT_idx.data();
     v.user = dl->user.data();
     v.head_pass_begin = dl->head_pass_begin.data();
+    v.masks = dl->masks.data();
     v.mode = dl->mode.data();
     v.modeT = dl->modeT.data();
     v.order = dl->order.data();

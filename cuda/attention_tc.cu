@@ -9,9 +9,12 @@
 // padded slots and positions >= T are zero-filled and masked. Shared rows are padded by 16
 // bytes, which puts the eight rows an ldmatrix reads in eight different bank groups.
 //
-// Masks: each CSR entry carries a BlockMode from the host (attention.cu). Full entries skip
-// the mask, causal ones compare positions only, and only the rest evaluate the pass predicate
-// per element (pass_ok, the reference's definition).
+// Masks: each CSR entry carries a MaskDesc from the host (attention.cu). Full entries skip
+// the mask; the others compare positions with a band and test a key-column bit set (causal,
+// local window edges, fixed summary cells, strided passes after a local or fixed part), and
+// only generic ones evaluate the pass predicate per element (pass_ok, the reference's
+// definition). Keys in 16-key groups that an entry never computes (most of a fixed summary
+// block) are neither loaded nor multiplied, and entries that compute nothing are skipped.
 //
 // Operands: q, k, v and dout are bf16 copies (tc_to_bf16); the probabilities P and dS are
 // rounded to bf16 as the A operand of their products; scores, softmax statistics and every
@@ -80,9 +83,10 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
 
 // acc (16 x N, accumulator layout) += A * B^T for a warp: A is 16 x K at `a` (row stride SA),
 // B is N x K at `b` (row stride SB), both bf16 row-major in shared memory.
+// Column groups np (16 columns) without bit np of `groups` are skipped (left as they are).
 template <int K, int N, int SA, int SB>
 __device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16 *a, const bf16 *b,
-                                        int lane) {
+                                        int lane, uint32_t groups = ~0u) {
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk) {
         uint32_t af[4];
@@ -90,6 +94,7 @@ __device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16 *a, c
         ldsm_x4(af, smem_addr(a + (lane & 15) * SA + kk * 16 + (lane >> 4) * 8));
 #pragma unroll
         for (int np = 0; np < N / 16; ++np) {
+            if (!((groups >> np) & 1u)) continue;
             uint32_t bf[4];
             // matrices: cols (k) 0-7 / 8-15 (lane bit 3) by rows (n) 0-7 / 8-15 (lane bit 4)
             ldsm_x4(bf, smem_addr(b + (np * 16 + (lane & 7) + (lane >> 4) * 8) * SB + kk * 16 +
@@ -102,11 +107,13 @@ __device__ __forceinline__ void mma_abt(float (&acc)[N / 8][4], const bf16 *a, c
 
 // acc (16 x N) += P * B for a warp: P is 16 x K in registers in the accumulator layout of an
 // earlier product (rounded to bf16 here), B is K x N bf16 row-major at `b` (row stride SB).
+// Row groups kk of B (16 rows, where P is zero) without bit kk of `groups` are skipped.
 template <int K, int N, int SB>
 __device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[K / 8][4],
-                                       const bf16 *b, int lane) {
+                                       const bf16 *b, int lane, uint32_t groups = ~0u) {
 #pragma unroll
     for (int kk = 0; kk < K / 16; ++kk) {
+        if (!((groups >> kk) & 1u)) continue;
         const uint32_t af[4] = {pack_bf16(p[2 * kk][0], p[2 * kk][1]),
                                 pack_bf16(p[2 * kk][2], p[2 * kk][3]),
                                 pack_bf16(p[2 * kk + 1][0], p[2 * kk + 1][1]),
@@ -122,29 +129,102 @@ __device__ __forceinline__ void mma_pb(float (&acc)[N / 8][4], const float (&p)[
     }
 }
 
+// mma_abt and mma_pb for MT m-tiles of a warp (MT x 16 rows): each B fragment loaded from
+// shared memory feeds MT products, which halves the shared-memory traffic per product at
+// MT = 2 (ldmatrix, not the tensor cores, bounds the one-tile loop).
+template <int MT, int K, int N, int SA, int SB>
+__device__ __forceinline__ void mma_abt_m(float (&acc)[MT][N / 8][4], const bf16 *a, const bf16 *b,
+                                          int lane, uint32_t groups) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi)
+            ldsm_x4(af[mi],
+                    smem_addr(a + (mi * 16 + (lane & 15)) * SA + kk * 16 + (lane >> 4) * 8));
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            if (!((groups >> np) & 1u)) continue;
+            uint32_t bf[4];
+            ldsm_x4(bf, smem_addr(b + (np * 16 + (lane & 7) + (lane >> 4) * 8) * SB + kk * 16 +
+                                  ((lane >> 3) & 1) * 8));
+#pragma unroll
+            for (int mi = 0; mi < MT; ++mi) {
+                mma_bf16(acc[mi][2 * np], af[mi], bf[0], bf[1]);
+                mma_bf16(acc[mi][2 * np + 1], af[mi], bf[2], bf[3]);
+            }
+        }
+    }
+}
+
+template <int MT, int K, int N, int SB>
+__device__ __forceinline__ void mma_pb_m(float (&acc)[MT][N / 8][4], const float (&p)[MT][K / 8][4],
+                                         const bf16 *b, int lane, uint32_t groups) {
+#pragma unroll
+    for (int kk = 0; kk < K / 16; ++kk) {
+        if (!((groups >> kk) & 1u)) continue;
+        uint32_t af[MT][4];
+#pragma unroll
+        for (int mi = 0; mi < MT; ++mi) {
+            af[mi][0] = pack_bf16(p[mi][2 * kk][0], p[mi][2 * kk][1]);
+            af[mi][1] = pack_bf16(p[mi][2 * kk][2], p[mi][2 * kk][3]);
+            af[mi][2] = pack_bf16(p[mi][2 * kk + 1][0], p[mi][2 * kk + 1][1]);
+            af[mi][3] = pack_bf16(p[mi][2 * kk + 1][2], p[mi][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int np = 0; np < N / 16; ++np) {
+            uint32_t bf[4];
+            ldsm_x4_t(bf, smem_addr(b + (kk * 16 + (lane & 15)) * SB + np * 16 + (lane >> 4) * 8));
+#pragma unroll
+            for (int mi = 0; mi < MT; ++mi) {
+                mma_bf16(acc[mi][2 * np], af[mi], bf[0], bf[1]);
+                mma_bf16(acc[mi][2 * np + 1], af[mi], bf[2], bf[3]);
+            }
+        }
+    }
+}
+
 // A pass's slot order in 32 bits (n_ctx <= 2^24, so slots < R * L < 2^25 fit).
 struct Slots {
     int32_t transposed, stride, rows, n_slots, limit; // limit = min(T, n_ctx)
+    uint32_t magic, shift; // slot / rows = (umulhi(slot, magic) + slot) >> shift
 };
+
+// The round-up multiplier of a division by d >= 1 exact for numerators < 2^31 (Granlund and
+// Montgomery): the transposed order divides every gathered slot by R, and an integer division
+// costs some twenty instructions where this costs three.
+__device__ __forceinline__ void set_divisor(Slots &s, uint32_t d) {
+    const uint32_t l = d > 1 ? 32 - __clz(d - 1) : 0;
+    s.shift = l;
+    s.magic = static_cast<uint32_t>((((1ull << l) - d) << 32) / d + 1);
+}
 
 // slot_position_raw, with positions >= T refused too: -1 for a slot that holds nothing.
 __device__ __forceinline__ int32_t slot_pos32(const Slots &s, int32_t slot) {
     if (slot >= s.n_slots) return -1;
-    const int32_t pos = s.transposed ? (slot % s.rows) * s.stride + slot / s.rows : slot;
+    int32_t pos = slot;
+    if (s.transposed) {
+        const uint32_t u = static_cast<uint32_t>(slot);
+        const int32_t c = static_cast<int32_t>((__umulhi(u, s.magic) + u) >> s.shift);
+        pos = (slot - c * s.rows) * s.stride + c;
+    }
     return pos < s.limit ? pos : -1;
 }
 
 // Rows slot0 .. slot0 + ROWS - 1 of head h of a [B, T, H * D] bf16 tensor (batch offset row0 =
 // b * T) into a shared tile of row stride D + 8, zeros for slots that hold nothing.
+// Rows of 16-row groups g without bit g of `groups` are left as they are (never read).
 template <int ROWS, int D, int NT>
 __device__ __forceinline__ void load_rows(bf16 *tile, const bf16 *src, const Slots &s,
-                                          int32_t slot0, int64_t row0, int32_t H, int32_t h) {
+                                          int32_t slot0, int64_t row0, int32_t H, int32_t h,
+                                          uint32_t groups = ~0u) {
     constexpr int CH = D / 8; // 16-byte pieces a row
 #pragma unroll
     for (int it = 0; it < (ROWS * CH + NT - 1) / NT; ++it) {
         const int i = it * NT + static_cast<int>(threadIdx.x);
         if (ROWS * CH % NT != 0 && i >= ROWS * CH) break;
         const int r = i / CH, c = i % CH;
+        if (!((groups >> (r / 16)) & 1u)) continue;
         const int32_t pos = slot_pos32(s, slot0 + r);
         const bf16 *g = src + ((row0 + (pos < 0 ? 0 : pos)) * H + h) * D + c * 8;
         cp_async16(smem_addr(tile + r * (D + 8) + c * 8), g, pos >= 0);
@@ -182,6 +262,7 @@ __device__ __forceinline__ bool find_work(const LayoutView &L, int32_t local_pas
     w->s.rows = static_cast<int32_t>(P.rows);
     w->s.n_slots = static_cast<int32_t>(P.n_slots);
     w->s.limit = T < L.n_ctx ? T : L.n_ctx;
+    set_divisor(w->s, static_cast<uint32_t>(w->s.rows > 0 ? w->s.rows : 1));
     return true;
 }
 
@@ -193,19 +274,44 @@ template <int TILE> __device__ __forceinline__ bool tile_has_rows(const Work &w)
     return __syncthreads_or(valid) != 0;
 }
 
+// An entry's mask over a chunk of N <= 64 keys at offset koff of their block: the key-column
+// bits of the chunk and its 16-key groups in the low bits.
+struct ChunkMask {
+    uint64_t cols;
+    int32_t lo, hi;
+    uint32_t groups, flags;
+};
+
+template <int N>
+__device__ __forceinline__ ChunkMask chunk_mask(const LayoutView &L, uint8_t index, int koff) {
+    static_assert(N % 16 == 0 && N <= 64, "chunks of 16 to 64 keys");
+    const MaskDesc &d = L.masks[index];
+    ChunkMask m;
+    const int word = koff >> 5;
+    uint64_t c = d.cols[word];
+    if (N > 32) c |= static_cast<uint64_t>(d.cols[word + 1]) << 32;
+    m.cols = c >> (koff & 31);
+    m.lo = d.lo;
+    m.hi = d.hi;
+    m.groups = (d.groups >> (koff >> 4)) & ((1u << (N / 16)) - 1);
+    m.flags = d.flags;
+    return m;
+}
+
 // s (16 x N scores of a warp) becomes s * scale_log2 where the pass computes the pair and -inf
 // elsewhere. rpos: positions of the thread's two rows (g, g+8); cpos: of the N columns. Rows are
-// queries (forward, dq) or keys (dk, dv); -1 marks a slot that holds nothing.
+// queries (forward, dq) or keys (dk, dv); -1 marks a slot that holds nothing. The key-column
+// bits: of the columns in m (rows are queries), else rbits (bit r: the key of row r).
 template <int N, bool ROWS_ARE_QUERIES>
-__device__ __forceinline__ void mask_scores(float (&s)[N / 8][4], const int32_t (&rpos)[2],
-                                            const int32_t *cpos, uint8_t mode, float scale_log2,
-                                            const LayoutView &L, const Work &w, int lane) {
+__device__ __forceinline__ void
+mask_scores(float (&s)[N / 8][4], const int32_t (&rpos)[2], const int32_t *cpos, const ChunkMask &m,
+            uint32_t rbits, float scale_log2, const LayoutView &L, const Work &w, int lane) {
     static_assert(N / 2 <= 32, "one bit per element of the thread");
     // A full block needs no mask when every key holds a position. Rows are the keys in dk, dv:
     // a row without one is never written; columns without one there are queries whose lse is
     // +inf, so their P is 0. Forward and dq look at the last key column: positions grow with
     // the slot inside a full block (one chunk of the transposed order), so it is the last valid.
-    if (mode == kBlockFull && (!ROWS_ARE_QUERIES || cpos[N - 1] >= 0)) {
+    if ((m.flags & kMaskFull) && (!ROWS_ARE_QUERIES || cpos[N - 1] >= 0)) {
 #pragma unroll
         for (int nt = 0; nt < N / 8; ++nt)
 #pragma unroll
@@ -214,7 +320,7 @@ __device__ __forceinline__ void mask_scores(float (&s)[N / 8][4], const int32_t 
     }
     // Element e = 4 nt + i of the thread: row rpos[i / 2], column 8 nt + 2 (lane % 4) + i % 2.
     uint32_t bits = 0;
-    if (mode == kBlockMasked) {
+    if (m.flags & kMaskGeneric) {
         // The predicate is long: one rolled copy of it, not N / 2 unrolled ones.
 #pragma unroll 1
         for (int e = 0; e < N / 2; ++e) {
@@ -225,12 +331,19 @@ __device__ __forceinline__ void mask_scores(float (&s)[N / 8][4], const int32_t 
                 bits |= 1u << e;
         }
     } else {
+        // rows are queries: column 8 nt + 2 (lane % 4) + j of the chunk at bit 8 nt + j
+        const uint64_t tcols = m.cols >> ((lane & 3) * 2);
 #pragma unroll
         for (int e = 0; e < N / 2; ++e) {
             const int32_t r = rpos[(e >> 1) & 1];
             const int32_t c = cpos[(e >> 2) * 8 + (lane & 3) * 2 + (e & 1)];
             const int32_t qp = ROWS_ARE_QUERIES ? r : c, kp = ROWS_ARE_QUERIES ? c : r;
-            if (qp >= 0 && kp >= 0 && kp <= qp) bits |= 1u << e;
+            const uint32_t col = ROWS_ARE_QUERIES
+                                     ? static_cast<uint32_t>(tcols >> ((e >> 2) * 8 + (e & 1)))
+                                     : rbits >> ((e >> 1) & 1);
+            const int32_t d = qp - kp;
+            if (qp >= 0 && kp >= 0 && d >= 0 && ((col & 1u) || (d >= m.lo && d < m.hi)))
+                bits |= 1u << e;
         }
     }
 #pragma unroll
@@ -251,7 +364,11 @@ __device__ __forceinline__ float quad_sum(float x) {
 
 template <int DQ, int DV, int TILE> struct Shapes {
     static constexpr int NT = TILE * 2; // TILE / 16 warps
-    static constexpr int SQ = DQ + 8;   // shared row strides (elements)
+    // forward: MT m-tiles (16 rows each) a warp, FNT threads; the o accumulators of two tiles
+    // fit in registers up to Dv = 64
+    static constexpr int MT = (DV <= 64 && TILE >= 32) ? 2 : 1;
+    static constexpr int FNT = TILE * 2 / MT;
+    static constexpr int SQ = DQ + 8; // shared row strides (elements)
     static constexpr int SV = DV + 8;
     static constexpr int BN = TILE; // keys a stage (forward, dq)
     // queries a stage (dk, dv): 32 at head dims 128 keeps dk and dv accumulators in registers
@@ -270,13 +387,13 @@ template <int DQ, int DV, int TILE> struct Shapes {
 };
 
 template <int DQ, int DV, int TILE>
-__global__ void __launch_bounds__(TILE * 2, 1)
+__global__ void __launch_bounds__(Shapes<DQ, DV, TILE>::FNT, 1)
     tc_forward_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
                       const bf16 *__restrict__ k, const bf16 *__restrict__ v,
                       float *__restrict__ out, float *__restrict__ lse, int32_t B, int32_t T,
                       float scale_log2) {
     using S = Shapes<DQ, DV, TILE>;
-    constexpr int NT = S::NT, SQ = S::SQ, SV = S::SV, BN = S::BN;
+    constexpr int NT = S::FNT, MT = S::MT, SQ = S::SQ, SV = S::SV, BN = S::BN;
     extern __shared__ __align__(16) unsigned char smem[];
     bf16 *qs = reinterpret_cast<bf16 *>(smem);
     bf16 *ks = qs + TILE * SQ; // two stages
@@ -292,10 +409,12 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T;
 
+    // Chunk t: keys (t % per) BN .. + BN - 1 of the (t / per)-th block of the list.
     auto issue = [&](int32_t t) {
         const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
-        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h);
-        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h);
+        const uint32_t groups = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN).groups;
+        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h, groups);
+        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h, groups);
         for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
     };
     load_rows<TILE, DQ, NT>(qs, q, w.s, w.slot0, row0, H, w.h);
@@ -303,12 +422,26 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     cp_async_commit();
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
-    float o[DV / 8][4];
+    // m-tile mi of the warp: rows warp MT 16 + mi 16 + (g, g + 8)
+    int32_t qp[MT][2];
 #pragma unroll
-    for (int n = 0; n < DV / 8; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f}; // log2 units
+    for (int mi = 0; mi < MT; ++mi) {
+        const int32_t row = w.slot0 + (warp * MT + mi) * 16 + (lane >> 2);
+        qp[mi][0] = slot_pos32(w.s, row);
+        qp[mi][1] = slot_pos32(w.s, row + 8);
+    }
+    float o[MT][DV / 8][4];
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi)
+#pragma unroll
+        for (int n = 0; n < DV / 8; ++n)
+            o[mi][n][0] = o[mi][n][1] = o[mi][n][2] = o[mi][n][3] = 0.0f;
+    float mrow[MT][2], lrow[MT][2]; // log2 units
+#pragma unroll
+    for (int mi = 0; mi < MT; ++mi) {
+        mrow[mi][0] = mrow[mi][1] = -INFINITY;
+        lrow[mi][0] = lrow[mi][1] = 0.0f;
+    }
 
     for (int32_t t = 0; t < n_chunks; ++t) {
         cp_async_wait_all();
@@ -317,56 +450,66 @@ __global__ void __launch_bounds__(TILE * 2, 1)
         cp_async_commit();
         const int st = t & 1;
         const bf16 *kt = ks + st * BN * SQ, *vt = vs + st * BN * SV;
-        float s[BN / 8][4];
+        const ChunkMask cm = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN);
+        if (cm.groups == 0) continue; // the entry computes none of these keys
+        float s[MT][BN / 8][4];
 #pragma unroll
-        for (int n = 0; n < BN / 8; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
-        mma_abt<DQ, BN, SQ, SQ>(s, qs + warp * 16 * SQ, kt, lane);
-        mask_scores<BN, true>(s, qp, kpos + st * BN, L.mode[e0 + t / per], scale_log2, L, w, lane);
-        float mx[2] = {mrow[0], mrow[1]};
+        for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
-        for (int n = 0; n < BN / 8; ++n)
+            for (int n = 0; n < BN / 8; ++n)
+                s[mi][n][0] = s[mi][n][1] = s[mi][n][2] = s[mi][n][3] = 0.0f;
+        mma_abt_m<MT, DQ, BN, SQ, SQ>(s, qs + warp * MT * 16 * SQ, kt, lane, cm.groups);
 #pragma unroll
-            for (int i = 0; i < 4; ++i) mx[i >> 1] = fmaxf(mx[i >> 1], s[n][i]);
-        float base[2];
+        for (int mi = 0; mi < MT; ++mi) {
+            mask_scores<BN, true>(s[mi], qp[mi], kpos + st * BN, cm, 0u, scale_log2, L, w, lane);
+            float mx[2] = {mrow[mi][0], mrow[mi][1]};
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = quad_max(mx[r]);
-            // a row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2 finite
-            base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
-            const float corr = exp2f(mrow[r] - base[r]);
-            mrow[r] = mx[r];
-            lrow[r] *= corr;
+            for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
-            for (int n = 0; n < DV / 8; ++n) {
-                o[n][2 * r] *= corr;
-                o[n][2 * r + 1] *= corr;
+                for (int i = 0; i < 4; ++i) mx[i >> 1] = fmaxf(mx[i >> 1], s[mi][n][i]);
+            float base[2];
+#pragma unroll
+            for (int r = 0; r < 2; ++r) {
+                mx[r] = quad_max(mx[r]);
+                // a row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2 finite
+                base[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
+                const float corr = exp2f(mrow[mi][r] - base[r]);
+                mrow[mi][r] = mx[r];
+                lrow[mi][r] *= corr;
+#pragma unroll
+                for (int n = 0; n < DV / 8; ++n) {
+                    o[mi][n][2 * r] *= corr;
+                    o[mi][n][2 * r + 1] *= corr;
+                }
             }
+#pragma unroll
+            for (int n = 0; n < BN / 8; ++n)
+#pragma unroll
+                for (int i = 0; i < 4; ++i) {
+                    s[mi][n][i] = exp2f(s[mi][n][i] - base[i >> 1]);
+                    lrow[mi][i >> 1] += s[mi][n][i];
+                }
         }
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s[n][i] = exp2f(s[n][i] - base[i >> 1]);
-                lrow[i >> 1] += s[n][i];
-            }
-        mma_pb<BN, DV, SV>(o, s, vt, lane);
+        mma_pb_m<MT, BN, DV, SV>(o, s, vt, lane, cm.groups);
     }
     cp_async_wait_all(); // nothing in flight at exit when the list was empty
 
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float l = quad_sum(lrow[r]);
-        if (qp[r] < 0) continue;
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        float *dst = out + ((row0 + qp[r]) * H + w.h) * DV + (lane & 3) * 2;
+    for (int mi = 0; mi < MT; ++mi)
 #pragma unroll
-        for (int n = 0; n < DV / 8; ++n)
-            *reinterpret_cast<float2 *>(dst + n * 8) =
-                make_float2(o[n][2 * r] * inv, o[n][2 * r + 1] * inv);
-        if ((lane & 3) == 0)
-            lse[(static_cast<int64_t>(w.b) * H + w.h) * T + qp[r]] =
-                l > 0.0f ? (mrow[r] + log2f(l)) * kLn2 : -INFINITY;
-    }
+        for (int r = 0; r < 2; ++r) {
+            const float l = quad_sum(lrow[mi][r]);
+            if (qp[mi][r] < 0) continue;
+            const float inv = l > 0.0f ? 1.0f / l : 0.0f;
+            float *dst = out + ((row0 + qp[mi][r]) * H + w.h) * DV + (lane & 3) * 2;
+#pragma unroll
+            for (int n = 0; n < DV / 8; ++n)
+                *reinterpret_cast<float2 *>(dst + n * 8) =
+                    make_float2(o[mi][n][2 * r] * inv, o[mi][n][2 * r + 1] * inv);
+            if ((lane & 3) == 0)
+                lse[(static_cast<int64_t>(w.b) * H + w.h) * T + qp[mi][r]] =
+                    l > 0.0f ? (mrow[mi][r] + log2f(l)) * kLn2 : -INFINITY;
+        }
 }
 
 template <int DQ, int DV, int TILE>
@@ -394,10 +537,12 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T;
 
+    // Chunk t: keys (t % per) BN .. + BN - 1 of the (t / per)-th block of the list.
     auto issue = [&](int32_t t) {
         const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
-        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h);
-        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h);
+        const uint32_t groups = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN).groups;
+        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h, groups);
+        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h, groups);
         for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
     };
     load_rows<TILE, DQ, NT>(qs, q, w.s, w.slot0, row0, H, w.h);
@@ -426,14 +571,16 @@ __global__ void __launch_bounds__(TILE * 2, 1)
         cp_async_commit();
         const int st = t & 1;
         const bf16 *kt = ks + st * BN * SQ, *vt = vs + st * BN * SV;
+        const ChunkMask cm = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN);
+        if (cm.groups == 0) continue; // the entry computes none of these keys
         float s[BN / 8][4], dp[BN / 8][4];
 #pragma unroll
         for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
             for (int i = 0; i < 4; ++i) s[n][i] = dp[n][i] = 0.0f;
-        mma_abt<DQ, BN, SQ, SQ>(s, qs + warp * 16 * SQ, kt, lane);
-        mask_scores<BN, true>(s, qp, kpos + st * BN, L.mode[e0 + t / per], scale_log2, L, w, lane);
-        mma_abt<DV, BN, SV, SV>(dp, dos + warp * 16 * SV, vt, lane);
+        mma_abt<DQ, BN, SQ, SQ>(s, qs + warp * 16 * SQ, kt, lane, cm.groups);
+        mask_scores<BN, true>(s, qp, kpos + st * BN, cm, 0u, scale_log2, L, w, lane);
+        mma_abt<DV, BN, SV, SV>(dp, dos + warp * 16 * SV, vt, lane, cm.groups);
 #pragma unroll
         for (int n = 0; n < BN / 8; ++n)
 #pragma unroll
@@ -441,7 +588,7 @@ __global__ void __launch_bounds__(TILE * 2, 1)
                 const float p = exp2f(s[n][i] - lse2[i >> 1]);
                 dp[n][i] = p * (dp[n][i] - dl[i >> 1]); // dS
             }
-        mma_pb<BN, DQ, SQ>(acc, dp, kt, lane);
+        mma_pb<BN, DQ, SQ>(acc, dp, kt, lane, cm.groups);
     }
     cp_async_wait_all(); // nothing in flight at exit when the list was empty
 
@@ -488,8 +635,15 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     const int64_t row0 = static_cast<int64_t>(w.b) * T,
                   stat0 = (static_cast<int64_t>(w.b) * H + w.h) * T;
 
+    // The keys of this CTA lie at offsets koff .. koff + TILE - 1 of their block, so an entry's
+    // 16-key groups koff / 16 + warp are the warps' rows.
+    const int koff = w.slot0 - w.blk * L.bs;
+    auto cta_groups = [&](uint8_t index) {
+        return (L.masks[index].groups >> (koff >> 4)) & ((1u << (TILE / 16)) - 1);
+    };
     auto issue = [&](int32_t t) {
         const int32_t slot = L.colT_idx[e0 + t / per] * L.bs + (t % per) * BQ, st = t & 1;
+        if (cta_groups(L.modeT[e0 + t / per]) == 0) return; // never read: no warp computes
         load_rows<BQ, DQ, NT>(qs + st * BQ * SQ, q, w.s, slot, row0, H, w.h);
         load_rows<BQ, DV, NT>(dos + st * BQ * SV, dout, w.s, slot, row0, H, w.h);
         for (int i = threadIdx.x; i < BQ; i += NT) {
@@ -522,6 +676,12 @@ __global__ void __launch_bounds__(TILE * 2, 1)
         const int st = t & 1;
         const bf16 *qt = qs + st * BQ * SQ, *dot = dos + st * BQ * SV;
         const float *l2 = lse2s + st * BQ, *dlt = dls + st * BQ;
+        const MaskDesc &md = L.masks[L.modeT[e0 + t / per]];
+        const int ko = koff + warp * 16 + (lane >> 2);  // the key offset of the thread's row g
+        if (!((md.groups >> (ko >> 4)) & 1u)) continue; // the entry computes none of my keys
+        const ChunkMask cm = {0, md.lo, md.hi, 1u, md.flags};
+        const uint32_t rbits = ((md.cols[ko >> 5] >> (ko & 31)) & 1u) |
+                               (((md.cols[(ko + 8) >> 5] >> ((ko + 8) & 31)) & 1u) << 1);
         // transposed scores: rows are this warp's 16 keys, columns the BQ queries
         float s[BQ / 8][4], dp[BQ / 8][4];
 #pragma unroll
@@ -529,8 +689,7 @@ __global__ void __launch_bounds__(TILE * 2, 1)
 #pragma unroll
             for (int i = 0; i < 4; ++i) s[n][i] = dp[n][i] = 0.0f;
         mma_abt<DQ, BQ, SQ, SQ>(s, ks + warp * 16 * SQ, qt, lane);
-        mask_scores<BQ, false>(s, kp, qpos + st * BQ, L.modeT[e0 + t / per], scale_log2, L, w,
-                               lane);
+        mask_scores<BQ, false>(s, kp, qpos + st * BQ, cm, rbits, scale_log2, L, w, lane);
 #pragma unroll
         for (int n = 0; n < BQ / 8; ++n)
 #pragma unroll
@@ -607,8 +766,8 @@ template <int DQ, int DV, int TILE> struct Tc {
         const size_t smem = S::forward_smem();
         unsigned blocks = 0;
         if (!allow_smem(ctx, kernel, smem) || !grid_for(ctx, dl, TILE, B, &blocks)) return;
-        kernel<<<blocks, S::NT, smem, ctx->stream>>>(dl.view, pass, q, k, v, out, lse, B, T,
-                                                     scale * kLog2e);
+        kernel<<<blocks, S::FNT, smem, ctx->stream>>>(dl.view, pass, q, k, v, out, lse, B, T,
+                                                      scale * kLog2e);
         STX_LAUNCH_CHECK(ctx, "tc_forward_kernel");
     }
     static void backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,

@@ -25,13 +25,25 @@ struct DevComp {
     int32_t kind, l, c, g;
 };
 
-// What the tensor-core kernels must evaluate inside one (query block, key block) entry of a
-// pass, decided on the host from the pattern's definition (attention.cu, block_mode). Every
-// mode still masks padded slots and positions >= T at run time.
-enum BlockMode : uint8_t {
-    kBlockMasked = 0, // some pairs are refused: evaluate the pass predicate per element
-    kBlockCausal = 1, // exactly the pairs with k <= q are computed
-    kBlockFull = 2,   // every pair is computed (the key block lies wholly before the queries)
+// What the tensor-core kernels compute inside one (query block, key block) entry of a pass,
+// decided on the host from the pattern's definition (attention.cu, entry_mask) and shared by
+// entries through a small table. Slots that hold no position (padded, or >= T) are masked at
+// run time whatever the mask says. Unless kMaskGeneric, the entry computes (q, k) exactly when
+//     k <= q  and  (cols has the key's offset in its block  or  lo <= q - k < hi)
+// (positions), which covers full and causal blocks (cols all ones), a local window at its edge
+// (a band), fixed summary cells (a set of key columns, the same for every query) and strided
+// passes after a local or fixed part (a band or a column set); kMaskGeneric entries evaluate
+// the pass predicate per element (pass_ok).
+enum MaskFlags : uint32_t {
+    kMaskGeneric = 1, // evaluate pass_ok per element
+    kMaskFull = 2,    // every pair is computed (the keys lie wholly before the queries)
+};
+
+struct MaskDesc {
+    uint32_t cols[4]; // bit o: the key at offset o of its block (o < block size <= 128)
+    int32_t lo, hi;   // the band of q - k (lo >= 0; empty when lo >= hi)
+    uint32_t groups;  // bit g: some key at offsets [16 g, 16 g + 16) may be computed
+    uint32_t flags;   // MaskFlags
 };
 
 // Everything a kernel needs to walk a layout; passed by value.
@@ -44,7 +56,8 @@ struct LayoutView {
     const int32_t *colT_idx;
     const uint8_t *user;
     const int32_t *head_pass_begin; // passes of head h: [begin[h], begin[h+1])
-    const uint8_t *mode;            // BlockMode of each col_idx entry
+    const MaskDesc *masks;          // the distinct masks of the layout's entries
+    const uint8_t *mode;            // mask (index into masks) of each col_idx entry
     const uint8_t *modeT;           // and of each colT_idx entry
     const int32_t *order;           // per pass: query blocks by descending length of their CSR list
     const int32_t *orderT; // per pass: key blocks by descending length of their transposed list
@@ -57,6 +70,7 @@ struct DeviceLayout {
     DeviceBuffer<int64_t> row_ptr, colT_ptr;
     DeviceBuffer<int32_t> col_idx, colT_idx, head_pass_begin, order, orderT;
     DeviceBuffer<uint8_t> user, mode, modeT;
+    DeviceBuffer<MaskDesc> masks;
     int32_t max_passes = 0;
     int32_t max_qblocks = 0;
     LayoutView view{};

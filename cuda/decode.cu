@@ -303,6 +303,99 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
     if (tid == 0) a.tickets[bh] = 0;
 }
 
+// The small-batch path (B <= kGemvRows): one kernel per matrix, its input prologue (a
+// LayerNorm of the residual rows, or E rows as they are) and epilogue (raw, bias + GELU to E,
+// or bias added into the residual stream) fused, a warp per output, so a batch-1 step is a
+// few short kernels per layer rather than cuBLAS calls and elementwise kernels between them.
+const int kGemvRows = 4;  // the largest batch the fused path takes
+const int kGemvWarps = 4; // outputs per CTA (a warp each)
+enum GemvIn { kInLayerNorm, kInRows };
+enum GemvOut { kOutRaw, kOutGelu, kOutResidual };
+
+template <typename E> struct GemvArgs {
+    const float *x;           // kInLayerNorm: fp32 rows [B][IC]
+    const float *ln_g, *ln_b; // and its LayerNorm
+    float eps;
+    const E *rows;     // kInRows: [B][IC]
+    const E *w;        // [OC][IC]
+    const float *bias; // [OC] or null
+    float *out;        // kOutRaw: [B][OC]; kOutResidual: the residual stream, += (acc + bias)
+    E *out_e;          // kOutGelu: [B][OC]
+    int32_t B, IC, OC;
+};
+
+template <typename E, int IN, int OUT>
+__global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
+    constexpr int kVec = 16 / sizeof(E);
+    extern __shared__ float xin[]; // [B][IC], the input rows as the GEMM sees them
+    __shared__ float red[kGemvWarps];
+    const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    for (int b = 0; b < a.B; ++b) {
+        float *dst = xin + static_cast<int64_t>(b) * a.IC;
+        if (IN == kInRows) {
+            for (int i = tid; i < a.IC; i += blockDim.x)
+                dst[i] = to_f(a.rows[static_cast<int64_t>(b) * a.IC + i]);
+            continue;
+        }
+        const float *xr = a.x + static_cast<int64_t>(b) * a.IC;
+        float sum = 0.0f;
+        for (int i = tid; i < a.IC; i += blockDim.x) sum += xr[i];
+        sum = warp_sum(sum);
+        if (lane == 0) red[warp] = sum;
+        __syncthreads();
+        float mu = 0.0f;
+        for (int w = 0; w < kGemvWarps; ++w) mu += red[w];
+        mu /= static_cast<float>(a.IC);
+        __syncthreads();
+        float sq = 0.0f;
+        for (int i = tid; i < a.IC; i += blockDim.x) sq += (xr[i] - mu) * (xr[i] - mu);
+        sq = warp_sum(sq);
+        if (lane == 0) red[warp] = sq;
+        __syncthreads();
+        float var = 0.0f;
+        for (int w = 0; w < kGemvWarps; ++w) var += red[w];
+        var /= static_cast<float>(a.IC);
+        const float rs = 1.0f / sqrtf(var + a.eps);
+        for (int i = tid; i < a.IC; i += blockDim.x)
+            dst[i] = to_f(to_e<E>((xr[i] - mu) * rs * a.ln_g[i] + a.ln_b[i]));
+        __syncthreads();
+    }
+    __syncthreads();
+    const int o = blockIdx.x * kGemvWarps + warp;
+    if (o >= a.OC) return;
+    const uint4 *wrow = reinterpret_cast<const uint4 *>(a.w + static_cast<int64_t>(o) * a.IC);
+    float acc[kGemvRows];
+#pragma unroll
+    for (int b = 0; b < kGemvRows; ++b) acc[b] = 0.0f;
+    const int chunks = a.IC / kVec;
+#pragma unroll 4
+    for (int c = lane; c < chunks; c += 32) {
+        const uint4 raw = __ldg(wrow + c);
+        E vals[kVec];
+        memcpy(vals, &raw, sizeof raw);
+#pragma unroll
+        for (int b = 0; b < kGemvRows; ++b) {
+            if (b >= a.B) break;
+            const float *xv = xin + static_cast<int64_t>(b) * a.IC + c * kVec;
+#pragma unroll
+            for (int e = 0; e < kVec; ++e) acc[b] += to_f(vals[e]) * xv[e];
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < kGemvRows; ++b) acc[b] = warp_sum(acc[b]);
+    if (lane != 0) return;
+    const float bias = a.bias ? a.bias[o] : 0.0f;
+    for (int b = 0; b < a.B; ++b) {
+        const int64_t at = static_cast<int64_t>(b) * a.OC + o;
+        if (OUT == kOutRaw) a.out[at] = acc[b] + bias;
+        if (OUT == kOutResidual) a.out[at] = a.out[at] + (acc[b] + bias);
+        if (OUT == kOutGelu) {
+            const float v = acc[b] + bias;
+            a.out_e[at] = to_e<E>(v * (1.0f / (1.0f + expf(-1.702f * v))));
+        }
+    }
+}
+
 // The prefill's keys and values (fp32 [B][T][QK] and [B][T][C], biases in) into the cache:
 // the positions a later step can read (every summary cell, the last ring positions).
 template <typename E>
@@ -609,6 +702,10 @@ private:
         embed_kernel<<<B_, 128, 0, c->stream>>>(x_.data(), in_.data(), param(pt.tok_emb),
                                                 param(pt.start), pos, C);
         STX_LAUNCH_CHECK(c, "embed_kernel");
+        if (small_batch()) {
+            record_small_step();
+            return;
+        }
         residual_layernorm(nullptr, nullptr, pt.layers[0].ln1_g, pt.layers[0].ln1_b,
                            kBlockLayerNormEps);
         for (int32_t l = 0; l < d_.L; ++l) {
@@ -632,6 +729,85 @@ private:
                                last ? kFinalLayerNormEps : kBlockLayerNormEps);
         }
         gemm(w_out_.data(), h_.data(), logits_.data(), STX_VOCAB, C);
+    }
+
+    template <int IN, int OUT> void gemv(const GemvArgs<E> &a) {
+        const unsigned grid = static_cast<unsigned>((a.OC + kGemvWarps - 1) / kGemvWarps);
+        const size_t smem = sizeof(float) * static_cast<size_t>(a.B) * a.IC;
+        gemv_kernel<E, IN, OUT><<<grid, kGemvWarps * 32, smem, ctx_->stream>>>(a);
+        STX_LAUNCH_CHECK(ctx_, "gemv_kernel");
+    }
+
+    // Whether the step takes the fused small-batch path: few rows, inputs that fit in
+    // shared memory and whole 16-byte chunks per weight row.
+    bool small_batch() const {
+        const int32_t widest = std::max(d_.C, d_.F);
+        const int32_t vec = 16 / static_cast<int32_t>(sizeof(E));
+        return B_ <= kGemvRows && sizeof(float) * B_ * widest <= 48 * 1024 && d_.C % vec == 0 &&
+               d_.F % vec == 0;
+    }
+
+    // The step of the small-batch path: five kernels a layer.
+    void record_small_step() {
+        const ParamTable &pt = spec_->table;
+        const int32_t C = d_.C, QK = d_.QK, F = d_.F;
+        for (int32_t l = 0; l < d_.L; ++l) {
+            const LayerParams &lp = pt.layers[static_cast<size_t>(l)];
+            const LayerWeights &w = weights_[static_cast<size_t>(l)];
+            GemvArgs<E> a{};
+            a.B = B_;
+            a.x = x_.data();
+            a.eps = static_cast<float>(kBlockLayerNormEps);
+            a.ln_g = param(lp.ln1_g);
+            a.ln_b = param(lp.ln1_b);
+            a.w = w.qkv.data();
+            a.out = qkv_.data(); // the attention kernel adds the biases
+            a.IC = C;
+            a.OC = 2 * QK + C;
+            gemv<kInLayerNorm, kOutRaw>(a);
+            attention(l);
+            a = GemvArgs<E>{};
+            a.B = B_;
+            a.rows = att_.data();
+            a.w = w.proj.data();
+            a.bias = param(lp.proj_b);
+            a.out = x_.data();
+            a.IC = C;
+            a.OC = C;
+            gemv<kInRows, kOutResidual>(a);
+            a = GemvArgs<E>{};
+            a.B = B_;
+            a.x = x_.data();
+            a.eps = static_cast<float>(kBlockLayerNormEps);
+            a.ln_g = param(lp.ln2_g);
+            a.ln_b = param(lp.ln2_b);
+            a.w = w.w1.data();
+            a.bias = param(lp.b1);
+            a.out_e = g_.data();
+            a.IC = C;
+            a.OC = F;
+            gemv<kInLayerNorm, kOutGelu>(a);
+            a = GemvArgs<E>{};
+            a.B = B_;
+            a.rows = g_.data();
+            a.w = w.w2.data();
+            a.bias = param(lp.b2);
+            a.out = x_.data();
+            a.IC = F;
+            a.OC = C;
+            gemv<kInRows, kOutResidual>(a);
+        }
+        GemvArgs<E> a{};
+        a.B = B_;
+        a.x = x_.data();
+        a.eps = static_cast<float>(kFinalLayerNormEps);
+        a.ln_g = param(pt.lnf_g);
+        a.ln_b = param(pt.lnf_b);
+        a.w = w_out_.data();
+        a.out = logits_.data();
+        a.IC = C;
+        a.OC = STX_VOCAB;
+        gemv<kInLayerNorm, kOutRaw>(a);
     }
 
     // Runs the step for position `row` (bytes: the byte fed at row - 1, one per sequence).

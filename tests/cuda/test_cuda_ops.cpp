@@ -270,6 +270,18 @@ static const AttnCase kAttnCases[] = {
     {"local:100+fixed:64:16:2", 300, 277, 64, 3, 32, 64},
     {NULL, 400, 390, 64, 2, 128, 128},
     {NULL, 300, 260, 128, 1, 64, 64},
+    // The cheap masks of the bf16 kernels (attention.cu, entry_mask), each on some entries:
+    // fixed summary blocks half computed (key-column bits, 16-key groups skipped; the bench's
+    // fixed:128:32 at blocks of 64 and 128), a local window's edge (a band), a strided pass
+    // after a local part (a band q - k >= l inside one chunk: R = 128 slots), a strided pass
+    // that computes nothing (every entry skipped), and a transposed order whose R is no power
+    // of two (the gather's division by R).
+    {"fixed:128:32", 700, 650, 64, 2, 64, 64},
+    {"fixed:128:32:2", 900, 880, 128, 1, 32, 32},
+    {"local:128", 600, 600, 64, 2, 64, 64},
+    {"local:16+strided:16", 2048, 2000, 64, 1, 64, 64},
+    {"dense+strided:16", 300, 290, 32, 1, 32, 32},
+    {"strided:24", 1000, 990, 64, 1, 64, 64},
 };
 
 static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
