@@ -32,7 +32,7 @@ namespace cuda {
 namespace {
 
 const int kAttnThreads = 128;  // candidate keys per tile
-const int kKeysPerSplit = 512; // candidates a CTA takes at least before the work is split
+const int kKeysPerSplit = 128; // candidates a CTA takes at most: short chains, more CTAs
 const int kRowsPerCta = 4;     // LayerNorm rows per CTA (a warp each)
 
 template <typename E> __device__ __forceinline__ E to_e(float x);

@@ -7,7 +7,8 @@
  *  - bf16: the decoder rounds what the bf16 forward rounds (GEMM inputs, q, k, v); only the
  *    order of fp32 sums differs, which can move a bf16 rounding by one unit (2^-8) and carry
  *    through the layers: bound 3e-2 relative (the bf16 forward itself is ~1e-2 from fp32);
- *  - batch 64 (the wide-GEMM path, 512 attention CTAs a split) against the forward;
+ *  - batch 64 (the cuBLAS path; batches up to 4 take the fused GEMV path) against the forward;
+ *  - a dense head at n_ctx 640: the keys of a step split over several CTAs and merged;
  *  - the decoder's device memory is at least its state bytes, and goes with it;
  *  - stx_sample on the GPU: the same seed gives the same bytes, another seed others.
  * Without a GPU the test says so and exits 77.
@@ -96,6 +97,61 @@ static void test_batch64(void **state) {
     stx_model_free(m);
 }
 
+/* A dense head at n_ctx 640 reads up to 640 keys a step: several CTAs (splits of the
+ * candidate keys) per (sequence, head), merged by the last to finish. */
+static void test_many_splits(void **state) {
+    (void)state;
+    enum { CTX = 640, B = 2, FIRST = 500 };
+    stx_config cfg;
+    CHECK_OK(stx_config_init(&cfg));
+    cfg.n_layer = 1;
+    cfg.n_embd = 64;
+    cfg.n_head = 2;
+    cfg.n_ctx = CTX;
+    cfg.block_size = 64;
+    cfg.backend = STX_BACKEND_CUDA;
+    cfg.seed = 3;
+    snprintf(cfg.pattern, sizeof cfg.pattern, "dense");
+    stx_model *m = NULL;
+    CHECK_OK(stx_model_create(&cfg, &m));
+    stx_test_randomize(&m, 1, 17, 0.5);
+    uint8_t *seq = malloc(B * CTX), col[B];
+    double *full = malloc(sizeof *full * B * CTX * STX_VOCAB), got[B * STX_VOCAB],
+           ref[B * STX_VOCAB];
+    assert_true(seq && full);
+    stx_test_rng rng = {5};
+    stx_test_fill_bytes(&rng, seq, B * CTX);
+    CHECK_OK(stx_evaluate(m, seq, B, CTX, NULL));
+    CHECK_OK(stx_logits_read(m, STX_DTYPE_F64, full, (size_t)B * CTX * STX_VOCAB));
+    stx_decoder *d = NULL;
+    CHECK_OK(stx_decoder_create(m, B, &d));
+    uint8_t prompt[B * FIRST];
+    for (int b = 0; b < B; ++b) memcpy(prompt + b * FIRST, seq + b * CTX, FIRST);
+    CHECK_OK(stx_decoder_prefill(d, prompt, FIRST));
+    double worst = 0.0;
+    for (int p = FIRST; p < CTX; ++p) {
+        for (int b = 0; b < B; ++b)
+            memcpy(ref + b * STX_VOCAB, full + ((size_t)b * CTX + p) * STX_VOCAB,
+                   sizeof(double) * STX_VOCAB);
+        for (int i = 0; i < B * STX_VOCAB; ++i) got[i] = (double)NAN;
+        CHECK_OK(stx_decoder_logits(d, STX_DTYPE_F64, got, B * STX_VOCAB));
+        const double e = stx_test_rel_error(got, ref, B * STX_VOCAB, NULL);
+        if (!(e <= 1e-5)) fail_msg("dense n_ctx 640, position %d: %.3e > 1e-5", p, e);
+        if (e > worst) worst = e;
+        if (p + 1 < CTX) {
+            for (int b = 0; b < B; ++b) col[b] = seq[b * CTX + p];
+            CHECK_OK(stx_decoder_step(d, col));
+        }
+    }
+    printf("  dense n_ctx 640, positions 500 .. 639 (up to 640 keys, several splits): worst "
+           "%.2e (bound 1e-5)\n",
+           worst);
+    stx_decoder_free(d);
+    stx_model_free(m);
+    free(seq);
+    free(full);
+}
+
 static void test_memory(void **state) {
     (void)state;
     const stx_test_decode_case c = {"local:8+strided:8", 2, -1, 0};
@@ -147,11 +203,9 @@ int main(void) {
         return STX_TEST_SKIP;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fp32_matches_forward),
-        cmocka_unit_test(test_fp32_matches_cpu),
-        cmocka_unit_test(test_bf16_matches_forward),
-        cmocka_unit_test(test_batch64),
-        cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_fp32_matches_forward), cmocka_unit_test(test_fp32_matches_cpu),
+        cmocka_unit_test(test_bf16_matches_forward), cmocka_unit_test(test_batch64),
+        cmocka_unit_test(test_many_splits),          cmocka_unit_test(test_memory),
         cmocka_unit_test(test_sample_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
