@@ -470,28 +470,14 @@ public:
     }
 
     stx_status prefill(const uint8_t *tokens, int32_t n) override {
-        const int32_t T = n + 1; // the last row reads tokens[n - 1]; its own token is unused
-        // Sequences go through the forward a group at a time, so its activations stay small.
-        const int32_t group = std::max(1, std::min(B_, kPrefillRows / T));
-        for (int32_t b0 = 0; b0 < B_; b0 += group) {
-            const int32_t nb = std::min(group, B_ - b0);
-            std::vector<uint8_t> window(static_cast<size_t>(nb) * T, 0);
-            for (int32_t b = 0; b < nb; ++b)
-                std::memcpy(&window[static_cast<size_t>(b) * T],
-                            tokens + static_cast<size_t>(b0 + b) * n, static_cast<size_t>(n));
-            ForwardArgs args;
-            args.tokens = window.data();
-            args.B = nb;
-            args.T = T;
-            args.observer = this;
-            prefill_T_ = T;
-            prefill_b0_ = b0;
-            prefill_nb_ = nb;
-            double loss = 0.0;
-            const stx_status st = model_->forward(args, &loss);
-            prefill_T_ = 0;
-            if (st != STX_OK) return st;
-        }
+        const stx_status st =
+            run_prefill(*model_, this, tokens, B_, n, [this](int32_t b0, int32_t nb, int32_t T) {
+                prefill_b0_ = b0;
+                prefill_nb_ = nb;
+                prefill_T_ = T;
+            });
+        prefill_T_ = 0;
+        if (st != STX_OK) return st;
         pos_ = n;
         return ctx_->err;
     }

@@ -15,6 +15,7 @@
 // Everything here is STX_HD: the CPU decoder and the CUDA kernels share it.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "layout.h"
@@ -126,6 +127,17 @@ STX_HD bool decode_reads(const DecodeHead &h, const uint8_t *user, int32_t user_
 }
 
 struct ModelSpec;
+class Backend;
+class ForwardObserver;
+
+// A decoder's prefill: tokens [B][n] go through `model`'s ordinary forward with `observer`, in
+// groups of sequences of at most kPrefillRows rows, each a forward of T = n + 1 rows (the last
+// row reads token n - 1; its own token is unused). group(b0, nb, T) runs before each forward:
+// the observer's calls that follow are about sequences b0 .. b0 + nb.
+stx_status run_prefill(Backend &model, ForwardObserver *observer, const uint8_t *tokens, int32_t B,
+                       int32_t n,
+                       const std::function<void(int32_t b0, int32_t nb, int32_t T)> &group);
+
 // Plans of every layer of a model (layers sharing a layout share a plan's numbers).
 stx_status build_decode_plans(const ModelSpec &spec, std::vector<DecodePlan> *out);
 // Bytes of a whole model's cache for `batch` sequences in elements of elem_bytes.

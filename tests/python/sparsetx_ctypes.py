@@ -373,12 +373,42 @@ def _ptr(arr):
     return ctypes.c_void_p(arr.buffer_info()[0])
 
 
-class Model:
+class _Owned:
+    """What the handle classes share: close() frees the handle once (also through ``with`` and
+    garbage collection), _call() checks a status."""
+
+    _free = None  # the library's free function for this handle
+
+    def close(self):
+        """Free the handle (idempotent)."""
+        if self._handle is not None:
+            getattr(self.lib, self._free)(self._handle)
+            self._handle = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _call(self, name, *args):
+        check(self.lib, getattr(self.lib, name)(*args), name)
+
+
+class Model(_Owned):
     """A sparsetx model (an stx_model handle) with the calls a training loop needs.
 
     Not thread-safe: use one Model from one thread at a time. Close it (or use ``with``)
     to free the library's memory promptly.
     """
+
+    _free = "stx_model_free"
 
     def __init__(self, lib, cfg=None, **fields):
         """Create a model from cfg (an stx_config) or from the defaults plus fields."""
@@ -404,29 +434,6 @@ class Model:
         self._call("stx_model_load", os.fsencode(path), backend, device, ctypes.byref(handle))
         self._handle = handle
         return self
-
-    # -- lifetime
-    def close(self):
-        """Free the model (idempotent)."""
-        if self._handle is not None:
-            self.lib.stx_model_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _call(self, name, *args):
-        status = getattr(self.lib, name)(*args)
-        check(self.lib, status, name)
 
     @property
     def handle(self):
@@ -616,7 +623,7 @@ class Model:
         self._write("stx_grad_write", name, values)
 
 
-class Decoder:
+class Decoder(_Owned):
     """An stx_decoder: generation a byte at a time with a key/value cache.
 
     ``logits()`` is the distribution of the next byte of each sequence (a list of `batch`
@@ -624,33 +631,14 @@ class Decoder:
     feeds equal-length prompts (one forward at position 0). Keep the Model open while it is used.
     """
 
+    _free = "stx_decoder_free"
+
     def __init__(self, model, batch=1):
         self.model, self.lib, self.batch = model, model.lib, batch
         self._handle = None
         handle = DecoderPtr()
         self._call("stx_decoder_create", model.handle, batch, ctypes.byref(handle))
         self._handle = handle
-
-    def close(self):
-        """Free the decoder (idempotent)."""
-        if self._handle is not None:
-            self.lib.stx_decoder_free(self._handle)
-            self._handle = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:
-            pass
-
-    def _call(self, name, *args):
-        check(self.lib, getattr(self.lib, name)(*args), name)
 
     @property
     def position(self):
