@@ -546,8 +546,8 @@ STX_API stx_status stx_sample_v(stx_model *model, const uint8_t *prompts, int32_
 /* A decoder generates `batch` sequences in lockstep, one byte per sequence per step, with a
  * key/value cache that keeps only what the model's attention pattern can still read: local:L
  * the last L positions, fixed:L:C the current block and the summary cells of earlier blocks,
- * strided and dense every position (strided reads only n/L + L of them per byte). A step costs
- * in proportion to the keys it reads, not to the position.
+ * strided and dense every position (strided:L reads only about p/L of them at position p). A
+ * step's attention costs in proportion to the keys it reads, not to the position.
  *
  * Position p = bytes fed so far (0 after create). stx_decoder_logits gives the distribution of
  * byte p of each sequence (what row p of a forward over the same bytes gives): draw a byte,
@@ -566,9 +566,9 @@ STX_API stx_status stx_decoder_create(stx_model *model, int32_t batch, stx_decod
 STX_API void stx_decoder_free(stx_decoder *decoder);
 /* Bytes of the key/value cache a decoder of `batch` sequences holds for this model: per layer
  * batch x heads x slots x (key + value head dims) elements (4 bytes in fp32, 2 in bf16 on CUDA,
- * 8 in fp64); slots = n_ctx for dense/strided heads, L + (n_ctx / L) C for fixed:L:C, L for
- * local:L. A decoder also holds O(batch x width) working rows and, on CUDA, a copy of the
- * weights in the compute precision. */
+ * 8 in fp64); slots = n_ctx for dense/strided heads, L + ceil(n_ctx / L) C for fixed:L:C, L for
+ * local:L (merged local and fixed parts: the larger L plus the summaries). A decoder also holds
+ * O(batch x width) working rows and, on CUDA, a copy of the weights in the compute precision. */
 STX_API stx_status stx_decoder_state_bytes(const stx_model *model, int32_t batch, int64_t *bytes);
 /* Feeds tokens [batch][n] (n >= 0, position + n < n_ctx). At position 0 they go through one
  * ordinary forward (fast); later, one step per byte. */
