@@ -116,47 +116,88 @@ stx_status check_args(const stx_model *model, const uint8_t *prompts, int32_t n_
     return STX_OK;
 }
 
-// Checks a row of logits and draws sample b's byte at `pos`.
-stx_status draw_checked(const double *logits, const DrawParams &dp, uint64_t seed, size_t b,
-                        int64_t pos, int32_t *byte) {
-    for (int32_t v = 0; v < STX_VOCAB; ++v)
-        if (!std::isfinite(logits[v]))
-            return fail(STX_ERR_INVALID_ARGUMENT,
-                        "stx_sample: model: the logits of sample %zu at position %lld are not "
-                        "finite (the weights hold NaN or infinity)",
-                        b, static_cast<long long>(pos));
-    const double u = sample_uniform(seed, static_cast<uint32_t>(b), static_cast<uint32_t>(pos));
-    *byte = draw_byte(logits, dp, u);
-    return STX_OK;
-}
+// The samples being generated: out [B][row] (prompt in front, zeros after), their lengths,
+// which have stopped, and the draw of one position for all of them.
+struct Samples {
+    Samples(const uint8_t *prompts, int32_t n_prompt, int32_t n_new, int32_t batch,
+            const stx_sample_config &sc, uint8_t *out_)
+        : out(out_), B(static_cast<size_t>(batch)),
+          row(static_cast<size_t>(n_prompt) + static_cast<size_t>(n_new)), seed(sc.seed),
+          stop_byte(sc.stop_byte), len(B, n_prompt), done(B, 0), remaining(B), bytes(B), finite(B) {
+        dp.temperature = sc.temperature;
+        dp.top_k = sc.top_k;
+        dp.top_p = sc.top_p;
+        const size_t np = static_cast<size_t>(n_prompt);
+        for (size_t b = 0; b < B; ++b) {
+            if (np > 0) std::memcpy(out + b * row, prompts + b * np, np);
+            std::memset(out + b * row + np, 0, row - np);
+        }
+    }
+
+    // Draws byte `pos` of every sample still going from its row of logits [B][256]. The draws
+    // run in parallel (each depends only on its row and on (seed, sample, position)); the
+    // first sample whose logits are not finite fails the call, on the calling thread.
+    stx_status draw(const double *logits, int64_t pos) {
+        const int64_t n = static_cast<int64_t>(B);
+#pragma omp parallel for schedule(static)
+        for (int64_t b = 0; b < n; ++b) {
+            const size_t i = static_cast<size_t>(b);
+            if (done[i]) continue;
+            const double *r = logits + i * STX_VOCAB;
+            finite[i] = 1;
+            for (int32_t v = 0; v < STX_VOCAB; ++v) finite[i] &= std::isfinite(r[v]) ? 1 : 0;
+            if (finite[i])
+                bytes[i] = draw_byte(
+                    r, dp,
+                    sample_uniform(seed, static_cast<uint32_t>(b), static_cast<uint32_t>(pos)));
+        }
+        for (size_t b = 0; b < B; ++b) {
+            if (done[b]) continue;
+            if (!finite[b])
+                return fail(STX_ERR_INVALID_ARGUMENT,
+                            "stx_sample: model: the logits of sample %zu at position %lld are not "
+                            "finite (the weights hold NaN or infinity)",
+                            b, static_cast<long long>(pos));
+            out[b * row + static_cast<size_t>(pos)] = static_cast<uint8_t>(bytes[b]);
+            len[b] = static_cast<int32_t>(pos + 1);
+            if (bytes[b] == stop_byte) {
+                done[b] = 1;
+                --remaining;
+            }
+        }
+        return STX_OK;
+    }
+
+    void report(int32_t *lengths) const {
+        if (lengths)
+            for (size_t b = 0; b < B; ++b) lengths[b] = len[b];
+    }
+
+    uint8_t *out;
+    size_t B, row;
+    uint64_t seed;
+    int32_t stop_byte;
+    DrawParams dp;
+    std::vector<int32_t> len;
+    std::vector<char> done;
+    size_t remaining;
+    std::vector<int32_t> bytes;
+    std::vector<char> finite;
+};
 
 // The naive sampling loop; arguments are valid.
 stx_status sample_naive(stx_model *model, const uint8_t *prompts, int32_t n_prompt, int32_t n_new,
                         int32_t batch, const stx_sample_config &sc, uint8_t *out,
                         int32_t *lengths) {
-    const size_t B = static_cast<size_t>(batch);
-    const size_t row = static_cast<size_t>(n_prompt) + static_cast<size_t>(n_new);
+    Samples s(prompts, n_prompt, n_new, batch, sc, out);
+    const size_t B = s.B, row = s.row;
     const int32_t n_ctx = model->cfg.n_ctx;
-    const size_t np = static_cast<size_t>(n_prompt);
-    std::vector<int32_t> len(B, n_prompt);
-    std::vector<char> done(B, 0);
-    for (size_t b = 0; b < B; ++b) { // the prompt in front, zeros after
-        if (np > 0) std::memcpy(out + b * row, prompts + b * np, np);
-        std::memset(out + b * row + np, 0, row - np);
-    }
-
-    DrawParams dp;
-    dp.temperature = sc.temperature;
-    dp.top_k = sc.top_k;
-    dp.top_p = sc.top_p;
     const bool fp64 = model->cfg.precision == STX_PRECISION_FP64;
     std::vector<uint8_t> window;
     std::vector<float> logits_f;
-    std::vector<double> logits_d;
-    double last[STX_VOCAB];
-    size_t remaining = B;
+    std::vector<double> logits_d, last(B * STX_VOCAB);
 
-    for (int32_t i = 0; i < n_new && remaining > 0; ++i) {
+    for (int32_t i = 0; i < n_new && s.remaining > 0; ++i) {
         // The byte at `pos` is drawn from the logits of the window's last row, which sees
         // the T - 1 bytes before it (row t predicts token t from tokens < t); the window's
         // last token is a placeholder that the causal model never reads for that row.
@@ -187,25 +228,15 @@ stx_status sample_naive(stx_model *model, const uint8_t *prompts, int32_t n_prom
             st = model->backend->logits_read(STX_DTYPE_F32, logits_f.data());
         }
         if (st != STX_OK) return st;
-
         for (size_t b = 0; b < B; ++b) {
-            if (done[b]) continue;
             const size_t at = (b * size_t(T) + size_t(T - 1)) * STX_VOCAB;
-            for (int32_t v = 0; v < STX_VOCAB; ++v)
-                last[v] =
-                    fp64 ? logits_d[at + size_t(v)] : static_cast<double>(logits_f[at + size_t(v)]);
-            int32_t byte = 0;
-            if ((st = draw_checked(last, dp, sc.seed, b, pos, &byte)) != STX_OK) return st;
-            out[b * row + size_t(pos)] = static_cast<uint8_t>(byte);
-            len[b] = static_cast<int32_t>(pos + 1);
-            if (byte == sc.stop_byte) {
-                done[b] = 1;
-                --remaining;
-            }
+            for (size_t v = 0; v < STX_VOCAB; ++v)
+                last[b * STX_VOCAB + v] =
+                    fp64 ? logits_d[at + v] : static_cast<double>(logits_f[at + v]);
         }
+        if ((st = s.draw(last.data(), pos)) != STX_OK) return st;
     }
-    if (lengths)
-        for (size_t b = 0; b < B; ++b) lengths[b] = len[b];
+    s.report(lengths);
     return STX_OK;
 }
 
@@ -214,21 +245,9 @@ stx_status sample_naive(stx_model *model, const uint8_t *prompts, int32_t n_prom
 stx_status sample_cached(stx_model *model, const uint8_t *prompts, int32_t n_prompt, int32_t n_new,
                          int32_t batch, const stx_sample_config &sc, uint8_t *out,
                          int32_t *lengths) {
-    const size_t B = static_cast<size_t>(batch);
-    const size_t row = static_cast<size_t>(n_prompt) + static_cast<size_t>(n_new);
+    Samples s(prompts, n_prompt, n_new, batch, sc, out);
+    const size_t B = s.B, row = s.row;
     const int64_t n_ctx = model->cfg.n_ctx, keep = n_ctx / 2;
-    for (size_t b = 0; b < B; ++b) {
-        if (n_prompt > 0)
-            std::memcpy(out + b * row, prompts + b * size_t(n_prompt), size_t(n_prompt));
-        std::memset(out + b * row + size_t(n_prompt), 0, row - size_t(n_prompt));
-    }
-    std::vector<int32_t> len(B, n_prompt);
-    std::vector<char> done(B, 0);
-    DrawParams dp;
-    dp.temperature = sc.temperature;
-    dp.top_k = sc.top_k;
-    dp.top_p = sc.top_p;
-
     std::unique_ptr<stx::Decoder> dec;
     stx_status st = model->backend->create_decoder(batch, &dec);
     if (st != STX_OK) return st;
@@ -244,33 +263,20 @@ stx_status sample_cached(stx_model *model, const uint8_t *prompts, int32_t n_pro
         return dec->prefill(window.data(), static_cast<int32_t>(n));
     };
     if ((st = refill(n_prompt)) != STX_OK) return st;
-    size_t remaining = B;
-    for (int32_t i = 0; i < n_new && remaining > 0; ++i) {
+    for (int32_t i = 0; i < n_new && s.remaining > 0; ++i) {
         const int64_t pos = static_cast<int64_t>(n_prompt) + i;
         if (pos - w > n_ctx - 1) { // slide the context
             w = pos - keep;
             if ((st = dec->reset()) != STX_OK || (st = refill(pos)) != STX_OK) return st;
         }
         if ((st = dec->logits_read(STX_DTYPE_F64, logits.data())) != STX_OK) return st;
-        for (size_t b = 0; b < B; ++b) {
-            if (done[b]) continue;
-            int32_t byte = 0;
-            if ((st = draw_checked(&logits[b * STX_VOCAB], dp, sc.seed, b, pos, &byte)) != STX_OK)
-                return st;
-            out[b * row + size_t(pos)] = static_cast<uint8_t>(byte);
-            len[b] = static_cast<int32_t>(pos + 1);
-            if (byte == sc.stop_byte) {
-                done[b] = 1;
-                --remaining;
-            }
-        }
-        if (i + 1 < n_new && remaining > 0 && pos + 1 - w <= n_ctx - 1) {
+        if ((st = s.draw(logits.data(), pos)) != STX_OK) return st;
+        if (i + 1 < n_new && s.remaining > 0 && pos + 1 - w <= n_ctx - 1) {
             for (size_t b = 0; b < B; ++b) column[b] = out[b * row + size_t(pos)];
             if ((st = dec->step(column.data())) != STX_OK) return st;
         }
     }
-    if (lengths)
-        for (size_t b = 0; b < B; ++b) lengths[b] = len[b];
+    s.report(lengths);
     return STX_OK;
 }
 

@@ -9,7 +9,8 @@
  *  - the prompt is copied verbatim in front; unconditional sampling works;
  *  - 4000 single-byte draws from a model with known logits follow softmax(logits / T) for
  *    T = 1 and 0.5 (total variation < 0.05); top_k 5 and top_p stay inside their sets;
- *  - each bad argument is refused with STX_ERR_INVALID_ARGUMENT naming it;
+ *  - each bad argument is refused with STX_ERR_INVALID_ARGUMENT naming it; logits that are not
+ *    finite (NaN weights) are refused by both samplers, naming the sample and position;
  *  - sampling invalidates the training forward: stx_backward then gives STX_ERR_STATE.
  */
 #include "harness.h"
@@ -476,6 +477,29 @@ static void test_bad_arguments(void **state) {
     stx_model_free(m);
 }
 
+/* Weights holding NaN: both samplers refuse with a message naming the sample and position,
+ * given on the calling thread although the draws run in parallel. */
+static void test_non_finite_logits(void **state) {
+    (void)state;
+    stx_model *m = make_model(16, STX_PRECISION_FP32, 2);
+    const size_t n = STX_VOCAB * 16;
+    float *w = malloc(n * sizeof *w);
+    CHECK_OK(stx_param_read(m, "w_out", STX_DTYPE_F32, w, n));
+    w[3 * 16 + 5] = (float)NAN; /* byte 3's logit */
+    CHECK_OK(stx_param_write(m, "w_out", STX_DTYPE_F32, w, n));
+    free(w);
+    uint8_t prompt[3 * 2] = {1, 2, 3, 4, 5, 6}, out[3 * 6];
+    for (int naive = 0; naive <= 1; ++naive) {
+        stx_sample_config sc = sample_config(1);
+        sc.naive = naive;
+        assert_int_equal(stx_sample(m, prompt, 2, 4, 3, &sc, out, NULL), STX_ERR_INVALID_ARGUMENT);
+        const char *msg = stx_last_error();
+        if (!strstr(msg, "not finite") || !strstr(msg, "sample 0") || !strstr(msg, "position 2"))
+            fail_msg("naive %d: unexpected message: %s", naive, msg);
+    }
+    stx_model_free(m);
+}
+
 static void test_training_state(void **state) {
     (void)state;
     stx_model *m = make_model(16, STX_PRECISION_FP32, 31);
@@ -505,7 +529,8 @@ int main(void) {
         cmocka_unit_test(test_deterministic_fp64), cmocka_unit_test(test_greedy),
         cmocka_unit_test(test_stop_byte),          cmocka_unit_test(test_prompt_and_unconditional),
         cmocka_unit_test(test_beyond_ctx),         cmocka_unit_test(test_distribution),
-        cmocka_unit_test(test_bad_arguments),      cmocka_unit_test(test_training_state),
+        cmocka_unit_test(test_bad_arguments),      cmocka_unit_test(test_non_finite_logits),
+        cmocka_unit_test(test_training_state),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
