@@ -2,7 +2,7 @@
 they cannot rot between GPU runs. Not a timing test: only exit codes, the shape of the output
 and the numbers' consistency are checked.
 
-Usage: python3 smoke_perf.py <libsparsetx.so> <build dir>   (CTest: perf_smoke)
+Usage: python3 smoke_perf.py <libsparsetx.so> <build dir>   (CTest: python_perf_smoke)
 
   - sparsetx-bench attention --csv: parsed as compare_attention.py parses it; exact pair
     counts (dense = heads * n(n+1)/2), a head list [a;b] taken as one pattern;
