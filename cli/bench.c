@@ -23,18 +23,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench_modes.h"
 #include "common_args.h"
+#include "common_progress.h"
 
 static const char *kProg = "sparsetx-bench";
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* The next item of a separator-delimited list, copied into buf; NULL at the end. */
 static const char *next_item(const char **cursor, char sep, char *buf, size_t size) {
@@ -65,18 +59,16 @@ static const char *next_pattern(const char **cursor, char *buf, size_t size) {
     return buf;
 }
 
-/* A comma-separated list of positive ints into out[0 .. max); returns the count (exits 1 on a
- * malformed item, naming the option). */
-static int parse_int_list(const char *text, const char *option, long long *out, int max) {
+int parse_int_list(const char *text, const char *option, long long min, long long *out, int max) {
     char buf[32];
     int count = 0;
     const char *cur = text;
     while (next_item(&cur, ',', buf, sizeof buf)) {
         char *end = NULL;
         const long long v = strtoll(buf, &end, 10);
-        if (end == buf || *end != '\0' || v < 1 || v > (1ll << 24))
-            stx_cli_fail(kProg, "bad value '%s' in --%s (positive whole numbers, at most 2^24)",
-                         buf, option);
+        if (end == buf || *end != '\0' || v < min || v > (1ll << 24))
+            stx_cli_fail(kProg, "bad value '%s' in --%s (whole numbers from %lld, at most 2^24)",
+                         buf, option, min);
         if (count == max) stx_cli_fail(kProg, "--%s: at most %d values", option, max);
         out[count++] = v;
     }
@@ -220,18 +212,18 @@ static stx_status time_steps(stx_model *m, const uint8_t *tokens, int32_t B, int
     if (!buf || !f || !fb || !st) stx_cli_fail(kProg, "out of memory");
     memset(out, 0, sizeof *out);
     for (int r = -1; r < runs && s == STX_OK; ++r) {
-        const double t0 = now_s();
+        const double t0 = cli_now();
         if ((s = stx_forward(m, tokens, B, T, &out->loss)) != STX_OK) break;
-        const double t1 = now_s();
+        const double t1 = cli_now();
         if ((s = stx_zero_grad(m)) != STX_OK || (s = stx_backward(m)) != STX_OK ||
             (s = sync_model(m, 1, buf, (size_t)C)) != STX_OK)
             break;
-        const double t2 = now_s();
+        const double t2 = cli_now();
         if (r < 0) stx_model_memory(m, NULL, &out->peak_fwdbwd); /* no Adam moments yet */
         s = stx_optimizer_step(m, NULL, NULL);
         if (s == STX_STEP_SKIPPED) s = STX_OK; /* a non-finite gradient: timed all the same */
         if (s != STX_OK || (s = sync_model(m, 0, buf, (size_t)C)) != STX_OK) break;
-        const double t3 = now_s();
+        const double t3 = cli_now();
         if (r >= 0) {
             f[r] = 1e3 * (t1 - t0);
             fb[r] = 1e3 * (t2 - t0);
@@ -308,13 +300,13 @@ static int bench_train(int argc, char **argv) {
     random_bytes(tokens, n, 88172645463325252ull);
     double total = 0, loss = 0;
     for (int step = 0; step <= steps; ++step) {
-        const double t0 = now_s();
+        const double t0 = cli_now();
         stx_status s = stx_forward(m, tokens, batch, cfg.n_ctx, &loss);
         if (s == STX_OK && (s = stx_zero_grad(m)) == STX_OK && (s = stx_backward(m)) == STX_OK &&
             (s = stx_optimizer_step(m, NULL, NULL)) >= STX_OK)
             s = sync_model(m, 0, buf, (size_t)cfg.n_embd);
         if (s != STX_OK) stx_cli_die(kProg, "training step");
-        if (step > 0) total += now_s() - t0; /* step 0 warms up */
+        if (step > 0) total += cli_now() - t0; /* step 0 warms up */
     }
     int64_t in_use = 0, peak = 0;
     stx_model_memory(m, &in_use, &peak);
@@ -410,7 +402,7 @@ static int bench_long(int argc, char **argv) {
         return stx_cli_usage_error(&cli, "--layers, --width, --heads and --runs must be positive, "
                                          "--stride >= 0, --recompute 0 or 1");
     long long ns[kMaxRows];
-    const int count = parse_int_list(lengths, "n", ns, kMaxRows);
+    const int count = parse_int_list(lengths, "n", 1, ns, kMaxRows);
     const int cpu = device == 0;
     printf("long sequences: %d layers local:L,strided:L, d %d, %d heads, block %d, batch 1, "
            "recompute %d, %s %s, median of %d steps after a warm-up\n",
@@ -520,7 +512,7 @@ static int bench_depth(int argc, char **argv) {
     if (batch < 1 || runs < 1 || (recompute != 0 && recompute != 1))
         return stx_cli_usage_error(&cli, "--batch and --runs must be positive, --recompute 0 or 1");
     long long depth[kMaxRows];
-    const int count = parse_int_list(depths, "layers", depth, kMaxRows);
+    const int count = parse_int_list(depths, "layers", 1, depth, kMaxRows);
     stx_config cfg;
     if (stx_config_preset(&cfg, preset) != STX_OK) stx_cli_die(kProg, "--preset");
     if (width) cfg.n_embd = width;

@@ -15,30 +15,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "bench_modes.h"
 #include "common_args.h"
+#include "common_progress.h"
 
 static const char *kDecodeProg = "sparsetx-bench decode";
-
-static double seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
-static long long parse_list(const char *text, long long *out, int max) {
-    int n = 0;
-    const char *s = text;
-    while (s && *s && n < max) {
-        char *end = NULL;
-        out[n++] = strtoll(s, &end, 10);
-        if (end == s) return -1;
-        s = *end == ',' ? end + 1 : NULL;
-    }
-    return n;
-}
 
 /* Keys the query at position p of head 0 reads, averaged over the layers (each layer's
  * pattern is an item of the model pattern's top-level list, cycled), through the layouts. */
@@ -86,14 +68,14 @@ static double decoder_ms(stx_model *m, int32_t batch, int32_t p, int32_t steps) 
         if (stx_decoder_step(d, col) != STX_OK ||
             stx_decoder_logits(d, STX_DTYPE_F32, logits, (size_t)batch * STX_VOCAB) != STX_OK)
             stx_cli_die(kDecodeProg, "step");
-    const double t0 = seconds();
+    const double t0 = cli_now();
     for (int32_t i = 0; i < steps; ++i) {
         col[0] = (uint8_t)logits[i % STX_VOCAB]; /* the next input depends on the logits */
         if (stx_decoder_step(d, col) != STX_OK ||
             stx_decoder_logits(d, STX_DTYPE_F32, logits, (size_t)batch * STX_VOCAB) != STX_OK)
             stx_cli_die(kDecodeProg, "step");
     }
-    const double ms = (seconds() - t0) * 1e3 / steps;
+    const double ms = (cli_now() - t0) * 1e3 / steps;
     stx_decoder_free(d);
     free(prompt);
     free(logits);
@@ -108,10 +90,10 @@ static double naive_ms(stx_model *m, int32_t p) {
     stx_sample_config sc;
     stx_sample_config_init(&sc);
     sc.naive = 1;
-    const double t0 = seconds();
+    const double t0 = cli_now();
     if (stx_sample(m, prompt, p, 2, 1, &sc, out, NULL) != STX_OK)
         stx_cli_die(kDecodeProg, "naive sample");
-    const double ms = (seconds() - t0) * 1e3 / 2;
+    const double ms = (cli_now() - t0) * 1e3 / 2;
     free(prompt);
     free(out);
     return ms;
@@ -167,12 +149,10 @@ int stx_bench_decode(int argc, char **argv) {
     cfg.device = device_index;
     cfg.precision = precision == 0 || device == 0 ? STX_PRECISION_FP32 : STX_PRECISION_BF16;
     long long bs[16], ps[16];
-    const long long n_b = parse_list(batches, bs, 16);
-    if (n_b < 1) return stx_cli_usage_error(&cli, "--batch: a comma-separated list of sizes");
+    const long long n_b = parse_int_list(batches, "batch", 1, bs, 16);
     long long n_p;
     if (positions) {
-        n_p = parse_list(positions, ps, 16);
-        if (n_p < 1) return stx_cli_usage_error(&cli, "--positions: comma-separated positions");
+        n_p = parse_int_list(positions, "positions", 0, ps, 16);
     } else {
         const long long n = cfg.n_ctx;
         ps[0] = n > 2000 ? 1000 : n / 4;
@@ -222,10 +202,10 @@ int stx_bench_decode(int argc, char **argv) {
             if (!out) stx_cli_fail(kDecodeProg, "out of memory");
             stx_sample_config sc;
             stx_sample_config_init(&sc);
-            const double t0 = seconds();
+            const double t0 = cli_now();
             if (stx_sample(m, NULL, 0, cfg.n_ctx, B, &sc, out, NULL) != STX_OK)
                 stx_cli_die(kDecodeProg, "sample");
-            const double dt = seconds() - t0;
+            const double dt = cli_now() - t0;
             printf("| %d | %.1f MB | 0 .. %d | %.2f | %.0f |\n", B, (double)state / 1e6,
                    cfg.n_ctx - 1, dt, (double)B * cfg.n_ctx / dt);
             fflush(stdout);

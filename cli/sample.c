@@ -23,17 +23,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "common_args.h"
+#include "common_progress.h"
 
 static const char *const PROG = "sparsetx-sample";
-
-static double now_seconds(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
 
 /* Everything the options set. */
 typedef struct options {
@@ -286,11 +280,11 @@ int main(int argc, char **argv) {
     sc.stop_byte = o.stop_byte;
     sc.seed = o.seed;
     sc.naive = o.naive;
-    const double t0 = now_seconds();
+    const double t0 = cli_now();
     if (stx_sample(model, prompts, p.n, n_new, o.count, &sc, out, lengths) != STX_OK)
         stx_cli_die(PROG, "sample");
     if (o.stats) {
-        const double dt = now_seconds() - t0;
+        const double dt = cli_now() - t0;
         int64_t generated = 0, state = 0;
         for (int b = 0; b < o.count; ++b) generated += lengths[b] - p.n;
         if (stx_decoder_state_bytes(model, o.count, &state) != STX_OK)

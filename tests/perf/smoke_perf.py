@@ -101,6 +101,18 @@ def main():
         check("train --csv: tokens/s and peak memory", row["tokens_per_s"] > 0
               and row["peak_bytes"] > 0 and row["pattern"] == "local:8", row)
 
+    r = run([bench, "decode", "--device", "cpu", "--preset", "tiny", "--layers", "1", "--width",
+             "32", "--heads", "2", "--ctx", "512", "--pattern", "local:32,strided:32", "--batch",
+             "1,2", "--steps", "4", "--positions", "0,300"])
+    check("decode exits 0", r.returncode == 0, r.stderr + r.stdout)
+    full = [l for l in r.stdout.splitlines() if l.startswith(("| 1 |", "| 2 |"))]
+    per_pos = [l for l in r.stdout.splitlines() if l.startswith(("| 0 |", "| 300 |"))]
+    check("decode: stx_sample over every position for batch 1 and 2",
+          len(full) == 2 and all("0 .. 511" in l for l in full), r.stdout)
+    check("decode: decoder and naive times at positions 0 and 300", len(per_pos) == 2 and
+          all(l.rstrip().endswith("x |") for l in per_pos), r.stdout)
+    check("decode --batch 0 exits 1", run([bench, "decode", "--device", "cpu", "--batch", "0"])
+          .returncode == 1)
     check("long --n abc exits 1", run([bench, "long", "--n", "abc", "--device", "cpu"])
           .returncode == 1)
     check("depth --runs 0 exits 2", run([bench, "depth", "--runs", "0"]).returncode == 2)
