@@ -23,7 +23,9 @@
 
 namespace {
 
+using stx::check_dtype;
 using stx::check_model;
+using stx::check_tokens;
 using stx::fail;
 using stx::guarded;
 using stx::use_threads;
@@ -60,8 +62,12 @@ double activation_bytes(const stx_model *m, int32_t B, int32_t T) {
     return (per_block * blocks + rest) * scalar_bytes(m->cfg);
 }
 
-stx_status check_batch(const stx_model *m, const char *fn, const uint8_t *tokens, int32_t B,
-                       int32_t T) {
+} // namespace
+
+namespace stx {
+
+stx_status check_tokens(const stx_model *m, const char *fn, const uint8_t *tokens, int32_t B,
+                        int32_t T) {
     if (!tokens) return fail(STX_ERR_INVALID_ARGUMENT, "%s: tokens is NULL", fn);
     if (B < 1) return fail(STX_ERR_INVALID_ARGUMENT, "%s: B (%d) must be at least 1", fn, B);
     if (T < 1) return fail(STX_ERR_INVALID_ARGUMENT, "%s: T (%d) must be at least 1", fn, T);
@@ -80,6 +86,10 @@ stx_status check_dtype(const char *fn, stx_dtype dtype) {
                     static_cast<int>(dtype));
     return STX_OK;
 }
+
+} // namespace stx
+
+namespace {
 
 stx_status find_tensor(const stx_model *m, const char *fn, const char *name, stx_dtype dtype,
                        const void *buf, size_t count, int32_t *index) {
@@ -122,15 +132,6 @@ template <typename S> struct Typed {
 } // namespace
 
 namespace stx {
-
-stx_status check_tokens(const stx_model *m, const char *fn, const uint8_t *tokens, int32_t B,
-                        int32_t T) {
-    return check_batch(m, fn, tokens, B, T);
-}
-
-stx_status check_dtype_arg(const char *fn, stx_dtype dtype) {
-    return check_dtype(fn, dtype);
-}
 
 // OpenMP's thread count is a per-thread setting that outlives the call: set it on every
 // entry, back to the process default for n_threads == 0, so models do not leak it.
@@ -364,7 +365,7 @@ static stx_status run_forward(stx_model *model, const char *fn, const uint8_t *t
                               int32_t T, bool training, double *loss_nats) {
     stx_status st = check_model(model, fn);
     if (st != STX_OK) return st;
-    if ((st = check_batch(model, fn, tokens, B, T)) != STX_OK) return st;
+    if ((st = check_tokens(model, fn, tokens, B, T)) != STX_OK) return st;
     return guarded(fn, [&] {
         use_threads(model);
         stx::ForwardArgs args;

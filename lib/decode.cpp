@@ -22,7 +22,8 @@ namespace {
 
 using stx::fail;
 
-stx_status check_decoder(const stx_decoder *d, const char *fn) {
+// A live decoder whose model is alive (what stx_decoder_reset needs).
+stx_status check_live(const stx_decoder *d, const char *fn) {
     if (!d) return fail(STX_ERR_INVALID_ARGUMENT, "%s: decoder is NULL", fn);
     if (!stx::handle_live(d))
         return fail(STX_ERR_INVALID_ARGUMENT,
@@ -31,6 +32,13 @@ stx_status check_decoder(const stx_decoder *d, const char *fn) {
                     fn, static_cast<const void *>(d));
     if (d->model_alive.expired())
         return fail(STX_ERR_STATE, "%s: the decoder's model was freed", fn);
+    return STX_OK;
+}
+
+// ... and one that can run: it has a state made from the model's current weights.
+stx_status check_decoder(const stx_decoder *d, const char *fn) {
+    const stx_status st = check_live(d, fn);
+    if (st != STX_OK) return st;
     if (!d->impl)
         return fail(STX_ERR_STATE,
                     "%s: the decoder has no state (its last reset failed; reset it again)", fn);
@@ -158,7 +166,7 @@ STX_API stx_status stx_decoder_logits(const stx_decoder *decoder, stx_dtype dtyp
     const char *fn = "stx_decoder_logits";
     stx_status st = check_decoder(decoder, fn);
     if (st != STX_OK) return st;
-    if ((st = stx::check_dtype_arg(fn, dtype)) != STX_OK) return st;
+    if ((st = stx::check_dtype(fn, dtype)) != STX_OK) return st;
     if (!dst) return fail(STX_ERR_INVALID_ARGUMENT, "%s: dst is NULL", fn);
     const size_t want = static_cast<size_t>(decoder->batch) * STX_VOCAB;
     if (count != want)
@@ -178,12 +186,8 @@ STX_API stx_status stx_decoder_position(const stx_decoder *decoder, int32_t *pos
 
 STX_API stx_status stx_decoder_reset(stx_decoder *decoder) {
     const char *fn = "stx_decoder_reset";
-    if (!decoder) return fail(STX_ERR_INVALID_ARGUMENT, "%s: decoder is NULL", fn);
-    if (!stx::handle_live(decoder))
-        return fail(STX_ERR_INVALID_ARGUMENT, "%s: decoder %p is not a live decoder", fn,
-                    static_cast<void *>(decoder));
-    if (decoder->model_alive.expired())
-        return fail(STX_ERR_STATE, "%s: the decoder's model was freed", fn);
+    const stx_status st = check_live(decoder, fn);
+    if (st != STX_OK) return st;
     return make_impl(decoder, fn);
 }
 

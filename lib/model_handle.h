@@ -69,7 +69,7 @@ stx_status check_layout(const stx_layout *layout, const char *fn);
 stx_status check_tokens(const stx_model *model, const char *fn, const uint8_t *tokens, int32_t B,
                         int32_t T);
 // STX_ERR_INVALID_ARGUMENT naming fn unless dtype is F32 or F64.
-stx_status check_dtype_arg(const char *fn, stx_dtype dtype);
+stx_status check_dtype(const char *fn, stx_dtype dtype);
 
 // Sets the OpenMP thread count of the calling thread for this model's work.
 void use_threads(const stx_model *model);
