@@ -29,6 +29,7 @@ struct Context {
     DeviceBuffer<float> scratch;                               // attention passes, partial sums
     DeviceBuffer<uint8_t> cast_scratch;                        // bf16 copies of matrix operands
     DeviceBuffer<double> reduce_scratch;
+    DeviceBuffer<int32_t> index_scratch; // the embedding backward's rows sorted by token
 
     ~Context();
     bool ok() const { return err == STX_OK; }

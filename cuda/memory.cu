@@ -14,6 +14,7 @@ Context::~Context() {
     scratch.release();
     cast_scratch.release();
     reduce_scratch.release();
+    index_scratch.release();
     if (cublas) cublasDestroy(cublas);
     if (stream) cudaStreamDestroy(stream);
 }

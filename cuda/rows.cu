@@ -84,11 +84,6 @@ struct PosTables {
     int32_t shape[STX_MAX_POS_AXES];
     int32_t n_axes;
 };
-struct PosGrads {
-    float *table[STX_MAX_POS_AXES];
-    int32_t shape[STX_MAX_POS_AXES];
-    int32_t n_axes;
-};
 
 // Row-major coordinate of position p along axis a of the shape.
 __device__ __forceinline__ int64_t axis_coord(int64_t p, const int32_t *shape, int32_t n_axes,
@@ -117,24 +112,73 @@ __global__ void embedding_forward_kernel(float *out, const uint8_t *tokens, cons
     }
 }
 
-// One thread per channel walks every row in order: deterministic without atomics.
-__global__ void embedding_backward_kernel(float *dtok, float *dstart, PosGrads dpos,
-                                          const float *dout, const uint8_t *tokens, int32_t B,
-                                          int32_t T, int32_t C) {
+// The embedding backward adds each row of dout into its destinations (the start vector, the
+// token's row, one row of each position table) in row order, a destination at a time: every
+// destination element gets the same additions in the same order as one walk over the rows
+// would give (no atomics, the same bits every run), while all of them run in parallel.
+
+// The rows (t >= 1) whose input token is v, in row order, for every v: a counting sort by one
+// CTA of 256 threads, thread v scanning the tokens (its writes stay in row order).
+__global__ void token_rows_kernel(int32_t *rows, int32_t *offsets, const uint8_t *tokens, int32_t B,
+                                  int32_t T) {
+    __shared__ int32_t count[256];
+    const int32_t v = threadIdx.x;
+    const int64_t N = static_cast<int64_t>(B) * T;
+    int32_t n = 0;
+    for (int64_t r = 0; r < N; ++r) n += r % T != 0 && tokens[r - 1] == v;
+    count[v] = n;
+    __syncthreads();
+    if (v == 0) {
+        int32_t sum = 0;
+        for (int32_t i = 0; i < 256; ++i) {
+            offsets[i] = sum;
+            sum += count[i];
+        }
+        offsets[256] = sum;
+    }
+    __syncthreads();
+    int32_t at = offsets[v];
+    for (int64_t r = 0; r < N; ++r)
+        if (r % T != 0 && tokens[r - 1] == v) rows[at++] = static_cast<int32_t>(r);
+}
+
+// dtok[v][c] += dout[r][c] over the rows r of token v, in order: a thread per (v, c).
+__global__ void token_grad_kernel(float *dtok, const float *dout, const int32_t *rows,
+                                  const int32_t *offsets, int32_t C) {
+    const int32_t v = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float acc = dtok[static_cast<int64_t>(v) * C + c];
+    for (int32_t i = offsets[v]; i < offsets[v + 1]; ++i)
+        acc += dout[static_cast<int64_t>(rows[i]) * C + c];
+    dtok[static_cast<int64_t>(v) * C + c] = acc;
+}
+
+// dstart[c] += dout[b, 0][c] over b in order.
+__global__ void start_grad_kernel(float *dstart, const float *dout, int32_t B, int32_t T,
+                                  int32_t C) {
     const int32_t c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= C) return;
+    float acc = dstart[c];
+    for (int32_t b = 0; b < B; ++b) acc += dout[static_cast<int64_t>(b) * T * C + c];
+    dstart[c] = acc;
+}
+
+// dpos[k][c] += dout[b, p + 1][c] over the positions p < T - 1 whose coordinate on this axis
+// is k, b then p in order: p = h * (shape * inner) + k * inner + l. A thread per (k, c).
+__global__ void position_grad_kernel(float *dpos, const float *dout, int32_t shape, int64_t inner,
+                                     int32_t B, int32_t T, int32_t C) {
+    const int32_t k = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    const int64_t outer = static_cast<int64_t>(shape) * inner;
+    float acc = dpos[static_cast<int64_t>(k) * C + c];
     for (int32_t b = 0; b < B; ++b)
-        for (int32_t t = 0; t < T; ++t) {
-            const int64_t row = static_cast<int64_t>(b) * T + t;
-            const float d = dout[row * C + c];
-            if (t == 0) {
-                dstart[c] += d;
-                continue;
+        for (int64_t h = 0; h * outer + k * inner < T - 1; ++h)
+            for (int64_t l = 0; l < inner; ++l) {
+                const int64_t p = h * outer + k * inner + l;
+                if (p >= T - 1) break;
+                acc += dout[(static_cast<int64_t>(b) * T + p + 1) * C + c];
             }
-            dtok[static_cast<int64_t>(tokens[row - 1]) * C + c] += d;
-            for (int32_t a = 0; a < dpos.n_axes; ++a)
-                dpos.table[a][axis_coord(t - 1, dpos.shape, dpos.n_axes, a) * C + c] += d;
-        }
+    dpos[static_cast<int64_t>(k) * C + c] = acc;
 }
 
 // One warp per row of V logits.
@@ -246,15 +290,22 @@ void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos,
                                  const uint8_t *tokens, const int32_t *pos_shape, int32_t n_axes,
                                  int32_t B, int32_t T, int32_t C) {
     if (!ctx_->ok()) return;
-    PosGrads p{};
-    p.n_axes = n_axes;
-    for (int32_t a = 0; a < n_axes; ++a) {
-        p.table[a] = dpos[a];
-        p.shape[a] = pos_shape[a];
+    const int64_t N = static_cast<int64_t>(B) * T;
+    if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257), ctx_)) return;
+    int32_t *rows = ctx_->index_scratch.data(), *offsets = rows + N;
+    const int threads = 128;
+    const unsigned col_blocks = static_cast<unsigned>((C + threads - 1) / threads);
+    token_rows_kernel<<<1, 256, 0, ctx_->stream>>>(rows, offsets, tokens, B, T);
+    token_grad_kernel<<<dim3(256, col_blocks), threads, 0, ctx_->stream>>>(dtok, dout, rows,
+                                                                           offsets, C);
+    start_grad_kernel<<<col_blocks, threads, 0, ctx_->stream>>>(dstart, dout, B, T, C);
+    int64_t inner = 1;
+    for (int32_t a = n_axes - 1; a >= 0; --a) {
+        position_grad_kernel<<<dim3(static_cast<unsigned>(pos_shape[a]), col_blocks), threads, 0,
+                               ctx_->stream>>>(dpos[a], dout, pos_shape[a], inner, B, T, C);
+        inner *= pos_shape[a];
     }
-    embedding_backward_kernel<<<(C + 63) / 64, 64, 0, ctx_->stream>>>(dtok, dstart, p, dout, tokens,
-                                                                      B, T, C);
-    STX_LAUNCH_CHECK(ctx_, "embedding_backward_kernel");
+    STX_LAUNCH_CHECK(ctx_, "embedding backward kernels");
 }
 
 void CudaOps::crossentropy_forward(float *losses, const float *logits, const uint8_t *targets,
