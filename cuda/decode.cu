@@ -49,6 +49,21 @@ __device__ __forceinline__ float to_f(__nv_bfloat16 x) {
     return __bfloat162float(x);
 }
 
+// Programmatic dependent launch (sm_90): a kernel of the small-batch step lets the next one
+// start at once, and that one loads its weights (which no kernel writes) before it waits for
+// the results of this one; so launches and weight loads overlap the chain instead of
+// lengthening it. No-ops on older architectures, where the host does not ask for it either.
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
 template <typename E> __global__ void cast_kernel(E *dst, const float *src, int64_t n) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -183,7 +198,9 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
     const int tid = threadIdx.x;
     const int32_t bh = blockIdx.x, b = bh / a.H, h = bh % a.H, split = blockIdx.y;
     const int64_t r = *a.row;
-    if (tid == 0) hd = a.heads[h];
+    if (tid == 0) hd = a.heads[h]; // the plan: no kernel writes it
+    pdl_launch_dependents();
+    pdl_wait();
     const float *row = a.qkv + static_cast<int64_t>(b) * (2 * a.QK + a.C);
     for (int d = tid; d < DQ; d += kAttnThreads) {
         q[d] = to_f(to_e<E>(row[h * DQ + d] + a.bq[h * DQ + d]));
@@ -327,9 +344,19 @@ template <typename E> struct GemvArgs {
 template <typename E, int IN, int OUT>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
     constexpr int kVec = 16 / sizeof(E);
+    constexpr int kEarly = 8;      // weight chunks a lane loads before waiting
     extern __shared__ float xin[]; // [B][IC], the input rows as the GEMM sees them
     __shared__ float red[kGemvWarps];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+    const int o = blockIdx.x * kGemvWarps + warp;
+    const int chunks = a.IC / kVec;
+    const uint4 *wrow = reinterpret_cast<const uint4 *>(a.w + static_cast<int64_t>(o) * a.IC);
+    uint4 early[kEarly];
+#pragma unroll
+    for (int j = 0; j < kEarly; ++j)
+        if (o < a.OC && lane + 32 * j < chunks) early[j] = __ldg(wrow + lane + 32 * j);
+    pdl_launch_dependents();
+    pdl_wait();
     for (int b = 0; b < a.B; ++b) {
         float *dst = xin + static_cast<int64_t>(b) * a.IC;
         if (IN == kInRows) {
@@ -361,16 +388,11 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
         __syncthreads();
     }
     __syncthreads();
-    const int o = blockIdx.x * kGemvWarps + warp;
     if (o >= a.OC) return;
-    const uint4 *wrow = reinterpret_cast<const uint4 *>(a.w + static_cast<int64_t>(o) * a.IC);
     float acc[kGemvRows];
 #pragma unroll
     for (int b = 0; b < kGemvRows; ++b) acc[b] = 0.0f;
-    const int chunks = a.IC / kVec;
-#pragma unroll 4
-    for (int c = lane; c < chunks; c += 32) {
-        const uint4 raw = __ldg(wrow + c);
+    auto madd = [&](const uint4 &raw, int c) {
         E vals[kVec];
         memcpy(vals, &raw, sizeof raw);
 #pragma unroll
@@ -380,7 +402,12 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
 #pragma unroll
             for (int e = 0; e < kVec; ++e) acc[b] += to_f(vals[e]) * xv[e];
         }
-    }
+    };
+#pragma unroll
+    for (int j = 0; j < kEarly; ++j)
+        if (lane + 32 * j < chunks) madd(early[j], lane + 32 * j);
+#pragma unroll 4
+    for (int c = lane + 32 * kEarly; c < chunks; c += 32) madd(__ldg(wrow + c), c);
 #pragma unroll
     for (int b = 0; b < kGemvRows; ++b) acc[b] = warp_sum(acc[b]);
     if (lane != 0) return;
@@ -441,6 +468,11 @@ public:
         layouts_ = spec_->layer_layouts;
         Context *c = ctx_.get();
         if (!STX_CUDA_CHECK(c, cudaSetDevice(c->device))) return c->err;
+        int major = 0;
+        if (!STX_CUDA_CHECK(
+                c, cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, c->device)))
+            return c->err;
+        pdl_ = major >= 9;
         if (!STX_BLAS_CHECK(c, cublasCreate(&blas_)) ||
             !STX_BLAS_CHECK(c, cublasSetStream(blas_, c->stream)) ||
             // fp32 stays exact (no TF32); bf16 operands gain nothing from pedantic math,
@@ -635,7 +667,7 @@ private:
         STX_LAUNCH_CHECK(ctx_, "residual_layernorm_kernel");
     }
 
-    void attention(int32_t l) {
+    void attention(int32_t l, bool pdl) {
         const DecodePlan &p = plans_[static_cast<size_t>(l)];
         const LayerParams &lp = spec_->table.layers[static_cast<size_t>(l)];
         AttnArgs<E> a{};
@@ -662,7 +694,7 @@ private:
         const dim3 grid(static_cast<unsigned>(B_ * d_.H), static_cast<unsigned>(max_splits_));
 #define STX_DECODE_ATTN(DQ, DV)                                                                    \
     if (d_.Dq == DQ && d_.Dv == DV)                                                                \
-        decode_attention_kernel<E, DQ, DV><<<grid, kAttnThreads, 0, ctx_->stream>>>(a);
+        launch_kernel(decode_attention_kernel<E, DQ, DV>, grid, dim3(kAttnThreads), 0, pdl, a);
         STX_DECODE_ATTN(32, 32)
         STX_DECODE_ATTN(64, 64)
         STX_DECODE_ATTN(128, 128)
@@ -698,7 +730,7 @@ private:
             const LayerParams &lp = pt.layers[static_cast<size_t>(l)];
             const LayerWeights &w = weights_[static_cast<size_t>(l)];
             gemm(w.qkv.data(), h_.data(), qkv_.data(), 2 * QK + C, C);
-            attention(l);
+            attention(l, false);
             gemm(w.proj.data(), att_.data(), branch_.data(), C, C);
             residual_layernorm(branch_.data(), param(lp.proj_b), lp.ln2_g, lp.ln2_b,
                                kBlockLayerNormEps);
@@ -717,11 +749,28 @@ private:
         gemm(w_out_.data(), h_.data(), logits_.data(), STX_VOCAB, C);
     }
 
+    // Launches kernel on the context's stream; in the small-batch step on sm_90 with
+    // programmatic stream serialization (the kernel waits for its predecessor itself).
+    template <typename... P, typename... A>
+    void launch_kernel(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, bool pdl,
+                       A... args) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = grid;
+        cfg.blockDim = block;
+        cfg.dynamicSmemBytes = smem;
+        cfg.stream = ctx_->stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        attr[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = pdl && pdl_ ? 1 : 0;
+        STX_CUDA_CHECK(ctx_, cudaLaunchKernelEx(&cfg, kernel, args...));
+    }
+
     template <int IN, int OUT> void gemv(const GemvArgs<E> &a) {
         const unsigned grid = static_cast<unsigned>((a.OC + kGemvWarps - 1) / kGemvWarps);
         const size_t smem = sizeof(float) * static_cast<size_t>(a.B) * a.IC;
-        gemv_kernel<E, IN, OUT><<<grid, kGemvWarps * 32, smem, ctx_->stream>>>(a);
-        STX_LAUNCH_CHECK(ctx_, "gemv_kernel");
+        launch_kernel(gemv_kernel<E, IN, OUT>, dim3(grid), dim3(kGemvWarps * 32), smem, true, a);
     }
 
     // Whether the step takes the fused small-batch path: few rows, inputs that fit in
@@ -751,7 +800,7 @@ private:
             a.IC = C;
             a.OC = 2 * QK + C;
             gemv<kInLayerNorm, kOutRaw>(a);
-            attention(l);
+            attention(l, true);
             a = GemvArgs<E>{};
             a.B = B_;
             a.rows = att_.data();
@@ -874,6 +923,7 @@ private:
     DeviceBuffer<E> h_, att_, g_;
     DeviceBuffer<int32_t> tickets_;
     int32_t max_splits_ = 1;
+    bool pdl_ = false; // programmatic dependent launch (compute capability 9 and above)
     int64_t pos_ = 0;
     int32_t prefill_T_ = 0, prefill_b0_ = 0, prefill_nb_ = 0; // the forward running now
 };
