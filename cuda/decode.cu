@@ -33,7 +33,7 @@ namespace {
 
 const int kAttnThreads = 128;  // candidate keys per tile
 const int kKeysPerSplit = 128; // candidates a CTA takes at most: short chains, more CTAs
-const int kRowsPerCta = 4;     // LayerNorm rows per CTA (a warp each)
+const int kRowThreads = 128;   // a LayerNorm row's CTA
 
 template <typename E> __device__ __forceinline__ E to_e(float x);
 template <> __device__ __forceinline__ float to_e<float>(float x) {
@@ -62,6 +62,18 @@ __device__ __forceinline__ void pdl_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+}
+
+// The sum over a CTA of kRowThreads threads, in every thread.
+__device__ __forceinline__ float block_sum(float v, float *red) {
+    v = warp_sum(v);
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float r = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kRowThreads / 32; ++w) r += red[w];
+    __syncthreads();
+    return r;
 }
 
 template <typename E> __global__ void cast_kernel(E *dst, const float *src, int64_t n) {
@@ -102,29 +114,37 @@ __global__ void embed_kernel(float *x, const int64_t *row_and_bytes, const float
     }
 }
 
-// x += a + a_bias (when a is given), then h = LayerNorm(x) g + b in E; a warp per row, the
-// same arithmetic as cuda/rows.cu's LayerNorm.
+// x += a + a_bias (when a is given), then h = LayerNorm(x) g + b in E: a CTA per row with
+// unrolled loads, so a row costs a few memory latencies rather than C / 32 of them. A thread
+// reads back only the elements it wrote.
 template <typename E>
-__global__ void residual_layernorm_kernel(float *x, const float *a, const float *a_bias,
-                                          const float *g, const float *bb, E *h, int32_t B,
-                                          int32_t C, float eps) {
-    const int32_t row = blockIdx.x * kRowsPerCta + threadIdx.y;
-    if (row >= B) return;
-    float *xr = x + static_cast<int64_t>(row) * C;
-    if (a) {
-        const float *ar = a + static_cast<int64_t>(row) * C;
-        for (int32_t c = threadIdx.x; c < C; c += 32) xr[c] = xr[c] + (ar[c] + a_bias[c]);
-        __syncwarp();
-    }
+__global__ void __launch_bounds__(kRowThreads)
+    residual_layernorm_kernel(float *x, const float *a, const float *a_bias, const float *g,
+                              const float *bb, E *h, int32_t C, float eps) {
+    __shared__ float red[kRowThreads / 32];
+    const int tid = threadIdx.x;
+    float *xr = x + static_cast<int64_t>(blockIdx.x) * C;
+    const float *ar = a ? a + static_cast<int64_t>(blockIdx.x) * C : nullptr;
     float sum = 0.0f;
-    for (int32_t c = threadIdx.x; c < C; c += 32) sum += xr[c];
-    const float mu = warp_sum(sum) / static_cast<float>(C);
+#pragma unroll 4
+    for (int32_t c = tid; c < C; c += kRowThreads) {
+        float v = xr[c];
+        if (ar) {
+            v = v + (ar[c] + a_bias[c]);
+            xr[c] = v;
+        }
+        sum += v;
+    }
+    const float mu = block_sum(sum, red) / static_cast<float>(C);
     float sq = 0.0f;
-    for (int32_t c = threadIdx.x; c < C; c += 32) sq += (xr[c] - mu) * (xr[c] - mu);
-    const float var = warp_sum(sq) / static_cast<float>(C);
+#pragma unroll 4
+    for (int32_t c = tid; c < C; c += kRowThreads) sq += (xr[c] - mu) * (xr[c] - mu);
+    const float var = block_sum(sq, red) / static_cast<float>(C);
     const float rs = 1.0f / sqrtf(var + eps);
-    E *hr = h + static_cast<int64_t>(row) * C;
-    for (int32_t c = threadIdx.x; c < C; c += 32) hr[c] = to_e<E>((xr[c] - mu) * rs * g[c] + bb[c]);
+    E *hr = h + static_cast<int64_t>(blockIdx.x) * C;
+#pragma unroll 4
+    for (int32_t c = tid; c < C; c += kRowThreads)
+        hr[c] = to_e<E>((xr[c] - mu) * rs * g[c] + bb[c]);
 }
 
 // g = gelu(f + bias) in E (cuda/elementwise.cu's GELU).
@@ -143,15 +163,42 @@ template <typename E> struct AttnArgs {
     const float *bq, *bk, *bv;
     E *kcache, *vcache;      // [B][H][slots][Dq or Dv]
     const DecodeHead *heads; // [H]
-    const uint8_t *user;
-    int32_t user_nb, user_bs;
-    int64_t slots;
+    const int32_t *slots;    // the step's slot list of this layer's plan, [H][slot_stride]
+    int64_t slot_stride;
+    int64_t cache_slots;
     float *partial;   // [B][H][max_splits][Dv + 2]: m, l, acc
     int32_t *tickets; // [B][H], zero between launches
     E *out;           // [B][C]
     int32_t H, QK, C, max_splits;
     float scale;
 };
+
+// The step's slot list of a plan: for head h and candidate t of the query at *row, the cache
+// slot its key is read from, -1 for the query's own key (taken from the projection) and -2 for
+// a candidate that is not read. Every layer with the plan reads it, so the attention kernels
+// do no index arithmetic (64-bit divisions per key, and per sequence of a batch).
+__global__ void decode_slots_kernel(int32_t *list, int64_t stride, const int64_t *row,
+                                    const DecodeHead *heads, const uint8_t *user, int32_t user_nb,
+                                    int32_t user_bs) {
+    const int32_t h = blockIdx.y;
+    const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+    if (t >= stride) return;
+    const DecodeHead &hd = heads[h];
+    const int64_t r = *row;
+    int32_t p = 0;
+    int64_t tp = t;
+    for (; p < hd.n_comps; ++p) {
+        const int64_t n = decode_candidate_count(hd.comps[p], r);
+        if (tp < n) break;
+        tp -= n;
+    }
+    if (p == hd.n_comps) return; // past this position's candidates: never read
+    int32_t slot = -2;
+    const int64_t key = decode_candidate(hd.comps[p], h, r, tp);
+    if (key >= 0 && key <= r && decode_reads(hd, user, user_nb, user_bs, h, p, r, key))
+        slot = key == r ? -1 : static_cast<int32_t>(decode_read_slot(hd, r, key));
+    list[static_cast<int64_t>(h) * stride + t] = slot;
+}
 
 __device__ __forceinline__ float block_reduce(float v, bool is_max, float *scratch) {
     v = is_max ? warp_max(v) : warp_sum(v);
@@ -164,32 +211,21 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *scrat
     return r;
 }
 
-// Dot product of q (shared, float) with a cached key row of E, 16-byte loads.
-template <typename E, int DQ> __device__ __forceinline__ float dot_row(const float *q, const E *k) {
-    constexpr int kPer = 16 / sizeof(E);
-    float s = 0.0f;
-#pragma unroll
-    for (int c = 0; c < DQ / kPer; ++c) {
-        const uint4 raw = __ldg(reinterpret_cast<const uint4 *>(k) + c);
-        E vals[kPer];
-        memcpy(vals, &raw, sizeof raw);
-#pragma unroll
-        for (int e = 0; e < kPer; ++e) s += q[c * kPer + e] * to_f(vals[e]);
-    }
-    return s;
-}
-
 template <typename E, int DQ, int DV>
 __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs<E> a) {
+    // Keys: kQChunks threads share a key row, a 16-byte chunk each, so a warp reads whole rows.
     // Values: a thread sums 16-byte chunks of the rows of every kLanes-th key of a tile, so
     // its loads are independent and all in flight; the key lanes are added at the end.
     constexpr int kVec = 16 / sizeof(E); // elements of a 16-byte load
-    constexpr int kChunks = DV / kVec;   // threads along a value row
+    constexpr int kQChunks = DQ / kVec;  // threads along a key row
+    constexpr int kKeysPerPass = kAttnThreads / kQChunks;
+    constexpr int kChunks = DV / kVec; // threads along a value row
     constexpr int kLanes = kAttnThreads / kChunks;
-    __shared__ float q[DQ], knew[DQ];
+    __shared__ float q[DQ];
+    __shared__ __align__(16) E knew[DQ];
     __shared__ __align__(16) E vnew[DV];
     __shared__ float score[kAttnThreads];
-    __shared__ int64_t slot_of[kAttnThreads]; // -1: the new key, -2: none
+    __shared__ int32_t slot_of[kAttnThreads]; // as in the slot list
     __shared__ float red[kAttnThreads / 32];
     __shared__ float acc_part[kLanes][DV];
     __shared__ DecodeHead hd;
@@ -204,60 +240,63 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
     const float *row = a.qkv + static_cast<int64_t>(b) * (2 * a.QK + a.C);
     for (int d = tid; d < DQ; d += kAttnThreads) {
         q[d] = to_f(to_e<E>(row[h * DQ + d] + a.bq[h * DQ + d]));
-        knew[d] = to_f(to_e<E>(row[a.QK + h * DQ + d] + a.bk[h * DQ + d]));
+        knew[d] = to_e<E>(row[a.QK + h * DQ + d] + a.bk[h * DQ + d]);
     }
     for (int d = tid; d < DV; d += kAttnThreads)
         vnew[d] = to_e<E>(row[2 * a.QK + h * DV + d] + a.bv[h * DV + d]);
     __syncthreads();
 
-    int64_t count[kDecodeMaxComps], total = 0;
-    for (int p = 0; p < hd.n_comps; ++p)
-        total += (count[p] = decode_candidate_count(hd.comps[p], r));
+    int64_t total = 0;
+    for (int p = 0; p < hd.n_comps; ++p) total += decode_candidate_count(hd.comps[p], r);
     const int64_t want = (total + kKeysPerSplit - 1) / kKeysPerSplit;
-    const int32_t n_splits = static_cast<int32_t>(want < a.max_splits ? want : a.max_splits);
+    const int32_t n_splits = static_cast<int32_t>(want < gridDim.y ? want : gridDim.y);
     if (split >= n_splits) return; // the same for the whole CTA
 
-    E *kbase = a.kcache + static_cast<int64_t>(bh) * a.slots * DQ;
-    E *vbase = a.vcache + static_cast<int64_t>(bh) * a.slots * DV;
+    E *kbase = a.kcache + static_cast<int64_t>(bh) * a.cache_slots * DQ;
+    E *vbase = a.vcache + static_cast<int64_t>(bh) * a.cache_slots * DV;
     if (split == 0) { // the new key and value, for later steps (nobody reads their slots now)
         int64_t s[2];
         decode_write_slots(hd, r, &s[0], &s[1]);
         for (int e = 0; e < 2; ++e) {
             if (s[e] < 0) continue;
-            for (int d = tid; d < DQ; d += kAttnThreads) kbase[s[e] * DQ + d] = to_e<E>(knew[d]);
+            for (int d = tid; d < DQ; d += kAttnThreads) kbase[s[e] * DQ + d] = knew[d];
             for (int d = tid; d < DV; d += kAttnThreads) vbase[s[e] * DV + d] = vnew[d];
         }
     }
 
     const int64_t chunk = (total + n_splits - 1) / n_splits;
     const int64_t begin = split * chunk, end = begin + chunk < total ? begin + chunk : total;
+    const int32_t *list = a.slots + static_cast<int64_t>(h) * a.slot_stride;
+    const int qchunk = tid % kQChunks, klane = tid / kQChunks;
+    float qreg[kVec];
+#pragma unroll
+    for (int j = 0; j < kVec; ++j) qreg[j] = q[qchunk * kVec + j];
     const int vchunk = tid % kChunks, lane = tid / kChunks;
     float m = -INFINITY, l = 0.0f, acc[kVec];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) acc[j] = 0.0f;
     for (int64_t tile = begin; tile < end; tile += kAttnThreads) {
-        const int64_t t = tile + tid;
-        float s = -INFINITY;
-        int64_t slot = -2;
-        if (t < end) {
-            int p = 0;
-            int64_t tp = t;
-            while (tp >= count[p]) tp -= count[p++];
-            const int64_t key = decode_candidate(hd.comps[p], h, r, tp);
-            if (key >= 0 && key <= r &&
-                decode_reads(hd, a.user, a.user_nb, a.user_bs, h, p, r, key)) {
-                if (key == r) {
-                    slot = -1;
-                    float dot = 0.0f;
-                    for (int d = 0; d < DQ; ++d) dot += q[d] * knew[d];
-                    s = dot * a.scale;
-                } else {
-                    slot = decode_read_slot(hd, r, key);
-                    s = dot_row<E, DQ>(q, kbase + slot * DQ) * a.scale;
-                }
-            }
+        slot_of[tid] = tile + tid < end ? list[tile + tid] : -2;
+        __syncthreads();
+        // A key not read loads row 0 (always there) and scores -inf: no branch around loads.
+#pragma unroll
+        for (int e = klane; e < kAttnThreads; e += kKeysPerPass) {
+            const int32_t sl = slot_of[e];
+            const E *src =
+                sl >= 0 ? kbase + static_cast<int64_t>(sl) * DQ : (sl == -1 ? knew : kbase);
+            const uint4 raw = *(reinterpret_cast<const uint4 *>(src) + qchunk);
+            E vals[kVec];
+            memcpy(vals, &raw, sizeof raw);
+            float dot = 0.0f;
+#pragma unroll
+            for (int j = 0; j < kVec; ++j) dot += qreg[j] * to_f(vals[j]);
+#pragma unroll
+            for (int o = kQChunks / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
+            if (qchunk == 0) score[e] = sl == -2 ? -INFINITY : dot * a.scale;
         }
-        slot_of[tid] = slot;
+        __syncthreads();
+        const int32_t slot = slot_of[tid];
+        const float s = score[tid];
         const float tile_max = block_reduce(s, true, red);
         const float m_new = fmaxf(m, tile_max);
         if (m_new == -INFINITY) continue; // nothing read yet (uniform across the CTA)
@@ -270,9 +309,10 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
         for (int j = 0; j < kVec; ++j) acc[j] *= alpha;
 #pragma unroll
         for (int e = lane; e < kAttnThreads; e += kLanes) {
-            const int64_t sl = slot_of[e];
+            const int32_t sl = slot_of[e];
             // A key not read weighs 0 and loads row 0 (always there): no branch in the loop.
-            const E *src = sl >= 0 ? vbase + sl * DV : (sl == -1 ? vnew : vbase);
+            const E *src =
+                sl >= 0 ? vbase + static_cast<int64_t>(sl) * DV : (sl == -1 ? vnew : vbase);
             const uint4 raw = *(reinterpret_cast<const uint4 *>(src) + vchunk);
             E vals[kVec];
             memcpy(vals, &raw, sizeof raw);
@@ -613,12 +653,21 @@ private:
         STX_CUDA_CHECK(ctx_, cudaStreamSynchronize(ctx_->stream)); // the host vectors go
     }
 
+    static bool same_plan(const DecodePlan &a, const DecodePlan &b) {
+        return a.heads.size() == b.heads.size() && a.user == b.user && a.user_nb == b.user_nb &&
+               a.user_bs == b.user_bs &&
+               std::memcmp(a.heads.data(), b.heads.data(), a.heads.size() * sizeof(DecodeHead)) ==
+                   0;
+    }
+
     void allocate_state() {
         const size_t B = static_cast<size_t>(B_), C = static_cast<size_t>(d_.C);
         const size_t QK = static_cast<size_t>(d_.QK), F = static_cast<size_t>(d_.F);
         const size_t H = static_cast<size_t>(d_.H);
         max_splits_ = 1;
-        for (const DecodePlan &p : plans_) {
+        for (size_t l = 0; l < plans_.size(); ++l) {
+            const DecodePlan &p = plans_[l];
+            int64_t plan_most = 1;
             for (const DecodeHead &hd : p.heads) {
                 int64_t most = 0; // candidates at the last position, a bound for every one
                 for (int32_t e = 0; e < hd.n_comps; ++e) {
@@ -631,14 +680,33 @@ private:
                         n = c.l + static_cast<int64_t>((p.n_ctx - 1) / c.l) * c.c;
                     most += n;
                 }
+                plan_most = std::max(plan_most, most);
                 const int64_t splits = (most + kKeysPerSplit - 1) / kKeysPerSplit;
                 max_splits_ = std::max<int32_t>(max_splits_, static_cast<int32_t>(splits));
+            }
+            // Layers with the same heads and user mask share one slot list a step.
+            size_t same = 0;
+            while (same < l && !same_plan(plans_[same], p)) ++same;
+            if (same == l) {
+                slot_lists_.push_back(SlotList{static_cast<int32_t>(l), plan_most, {}});
+                slot_lists_.back().list.allocate(ctx_, H * static_cast<size_t>(plan_most));
+                list_of_layer_.push_back(static_cast<int32_t>(slot_lists_.size() - 1));
+            } else {
+                list_of_layer_.push_back(list_of_layer_[same]);
             }
             kcache_.emplace_back();
             vcache_.emplace_back();
             kcache_.back().allocate(ctx_, B * H * static_cast<size_t>(p.slots) * d_.Dq);
             vcache_.back().allocate(ctx_, B * H * static_cast<size_t>(p.slots) * d_.Dv);
         }
+        // Splits of a (sequence, head): enough CTAs to fill the GPU, not more, so a large
+        // batch merges few partial results.
+        int sms = 0;
+        STX_CUDA_CHECK(ctx_,
+                       cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx_->device));
+        const int64_t pairs = static_cast<int64_t>(B_) * d_.H;
+        grid_splits_ = static_cast<int32_t>(
+            std::min<int64_t>(max_splits_, std::max<int64_t>(1, (8 * sms + pairs - 1) / pairs)));
         in_.allocate(ctx_, in_words());
         x_.allocate(ctx_, B * C);
         h_.allocate(ctx_, B * C);
@@ -661,9 +729,8 @@ private:
     }
 
     void residual_layernorm(const float *a, const float *a_bias, int32_t g, int32_t b, double eps) {
-        const unsigned grid = static_cast<unsigned>((B_ + kRowsPerCta - 1) / kRowsPerCta);
-        residual_layernorm_kernel<E><<<grid, dim3(32, kRowsPerCta), 0, ctx_->stream>>>(
-            x_.data(), a, a_bias, param(g), param(b), h_.data(), B_, d_.C, static_cast<float>(eps));
+        residual_layernorm_kernel<E><<<static_cast<unsigned>(B_), kRowThreads, 0, ctx_->stream>>>(
+            x_.data(), a, a_bias, param(g), param(b), h_.data(), d_.C, static_cast<float>(eps));
         STX_LAUNCH_CHECK(ctx_, "residual_layernorm_kernel");
     }
 
@@ -679,10 +746,11 @@ private:
         a.kcache = kcache_[static_cast<size_t>(l)].data();
         a.vcache = vcache_[static_cast<size_t>(l)].data();
         a.heads = heads_.data() + static_cast<size_t>(l) * d_.H;
-        a.user = user_ptr_[static_cast<size_t>(l)];
-        a.user_nb = p.user_nb;
-        a.user_bs = p.user_bs;
-        a.slots = p.slots;
+        const SlotList &list =
+            slot_lists_[static_cast<size_t>(list_of_layer_[static_cast<size_t>(l)])];
+        a.slots = list.list.data();
+        a.slot_stride = list.stride;
+        a.cache_slots = p.slots;
         a.partial = partial_.data();
         a.tickets = tickets_.data();
         a.out = att_.data();
@@ -691,7 +759,7 @@ private:
         a.C = d_.C;
         a.max_splits = max_splits_;
         a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.Dq)));
-        const dim3 grid(static_cast<unsigned>(B_ * d_.H), static_cast<unsigned>(max_splits_));
+        const dim3 grid(static_cast<unsigned>(B_ * d_.H), static_cast<unsigned>(grid_splits_));
 #define STX_DECODE_ATTN(DQ, DV)                                                                    \
     if (d_.Dq == DQ && d_.Dv == DV)                                                                \
         launch_kernel(decode_attention_kernel<E, DQ, DV>, grid, dim3(kAttnThreads), 0, pdl, a);
@@ -720,6 +788,15 @@ private:
         embed_kernel<<<B_, 128, 0, c->stream>>>(x_.data(), in_.data(), param(pt.tok_emb),
                                                 param(pt.start), pos, C);
         STX_LAUNCH_CHECK(c, "embed_kernel");
+        for (SlotList &sl : slot_lists_) {
+            const DecodePlan &p = plans_[static_cast<size_t>(sl.layer)];
+            const dim3 grid(blocks_for(sl.stride, 256), static_cast<unsigned>(d_.H));
+            decode_slots_kernel<<<grid, 256, 0, c->stream>>>(
+                sl.list.data(), sl.stride, in_.data(),
+                heads_.data() + static_cast<size_t>(sl.layer) * d_.H,
+                user_ptr_[static_cast<size_t>(sl.layer)], p.user_nb, p.user_bs);
+        }
+        STX_LAUNCH_CHECK(c, "decode_slots_kernel");
         if (small_batch()) {
             record_small_step();
             return;
@@ -922,8 +999,16 @@ private:
     DeviceBuffer<float> x_, qkv_, branch_, f1_, logits_, partial_;
     DeviceBuffer<E> h_, att_, g_;
     DeviceBuffer<int32_t> tickets_;
-    int32_t max_splits_ = 1;
-    bool pdl_ = false; // programmatic dependent launch (compute capability 9 and above)
+    struct SlotList {
+        int32_t layer;  // the first layer with the plan
+        int64_t stride; // candidates of a head at most
+        DeviceBuffer<int32_t> list;
+    };
+    std::vector<SlotList> slot_lists_;
+    std::vector<int32_t> list_of_layer_;
+    int32_t max_splits_ = 1;  // splits of a (sequence, head) at most: the partial buffer's size
+    int32_t grid_splits_ = 1; // splits launched (the kernel uses as many as it has tiles)
+    bool pdl_ = false;        // programmatic dependent launch (compute capability 9 and above)
     int64_t pos_ = 0;
     int32_t prefill_T_ = 0, prefill_b0_ = 0, prefill_nb_ = 0; // the forward running now
 };
