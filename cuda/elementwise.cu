@@ -113,6 +113,7 @@ void CudaOps::adamw_update(float *p, float *m, float *v, const float *g, int64_t
                            double grad_scale, double lr, double beta1, double beta2, double eps,
                            double weight_decay, bool decay, int64_t t) {
     if (!ctx_->ok() || n == 0) return;
+    ctx_->parameters_written(p, static_cast<size_t>(n));
     const float bc1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(t)));
     const float bc2 = static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(t)));
     const float decay_factor = decay ? static_cast<float>(lr * weight_decay) : 0.0f;
