@@ -7,8 +7,10 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <cstdint>
 #include <map>
 #include <memory>
+#include <utility>
 
 #include "cuda_ops.h"
 #include "error.h"
@@ -31,11 +33,31 @@ struct Context {
     DeviceBuffer<double> reduce_scratch;
     DeviceBuffer<int32_t> index_scratch; // the embedding backward's rows sorted by token
 
+    // The model's parameter buffer (CudaOps::set_parameters) and its bf16 weight copies: in
+    // bf16 mode a GEMM reads a weight matrix's copy, converted once per parameter change
+    // instead of once per product. Every write to the parameters goes through an op that calls
+    // parameters_written, which makes all copies stale.
+    struct WeightCopy {
+        DeviceBuffer<__nv_bfloat16> data;
+        uint64_t version = 0; // params_version when converted; 0: never
+    };
+    const float *params = nullptr;
+    size_t params_n = 0;
+    uint64_t params_version = 1;
+    std::map<std::pair<size_t, int64_t>, WeightCopy> weight_copies; // by (offset, elements)
+
     ~Context();
     bool ok() const { return err == STX_OK; }
     // Records the first failure; returns whether the call succeeded.
     bool check(cudaError_t e, const char *what, const char *file, int line);
     bool check_blas(cublasStatus_t s, const char *what, const char *file, int line);
+    // Marks the weight copies stale when [p, p + n) meets the parameter buffer.
+    void parameters_written(const float *p, size_t n) {
+        const uintptr_t a = reinterpret_cast<uintptr_t>(p),
+                        base = reinterpret_cast<uintptr_t>(params);
+        if (params && n > 0 && a < base + params_n * sizeof(float) && base < a + n * sizeof(float))
+            ++params_version;
+    }
     // Grows a scratch buffer to at least n elements; false if that failed.
     template <typename T>
     bool reserve(DeviceBuffer<T> &b, size_t n, const std::shared_ptr<Context> &self) {

@@ -77,6 +77,9 @@ public:
     // message when there is no usable device.
     static stx_status create(int32_t device, bool bf16, CudaOps *out);
 
+    // The buffer holding the model's parameters; they change only through copy_in, zero and
+    // adamw_update. In bf16 mode the GEMMs then read bf16 copies of the weight matrices in it.
+    void set_parameters(const float *p, size_t n);
     void alloc(Buffer &b, size_t n);
     void zero(Buffer &b);
     void upload_bytes(Bytes &b, const uint8_t *src, size_t n);

@@ -3,6 +3,9 @@
 // fp32 mode: cublasSgemm under CUBLAS_PEDANTIC_MATH (no TF32). bf16 mode: both operands are
 // rounded to bf16 copies and multiplied with fp32 accumulation and fp32 output
 // (cublasGemmEx, CUBLAS_COMPUTE_32F).
+#include <algorithm>
+#include <utility>
+
 #include "context.cuh"
 
 namespace stx {
@@ -45,28 +48,79 @@ __global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int64_t n) 
     for (int64_t i = first; i < n; i += stride) dst[i] = __float2bfloat16(src[i]);
 }
 
-// C (m x n, column-major, ldc) = alpha op(A) op(B) + beta C, A and B given as float.
-void gemm(const std::shared_ptr<Context> &ctx, cublasOperation_t ta, cublasOperation_t tb, int m,
-          int n, int k, const float *A, int lda, int64_t a_elems, const float *B, int ldb,
-          int64_t b_elems, float beta, float *C, int ldc) {
+// fp32 mode: C (m x n, column-major, ldc) = op(A) op(B) + beta C.
+void gemm_fp32(const std::shared_ptr<Context> &ctx, cublasOperation_t ta, cublasOperation_t tb,
+               int m, int n, int k, const float *A, int lda, const float *B, int ldb, float beta,
+               float *C, int ldc) {
     if (!ctx->ok()) return;
     const float alpha = 1.0f;
-    if (!ctx->bf16) {
-        STX_BLAS_CHECK(
-            ctx, cublasSgemm(ctx->cublas, ta, tb, m, n, k, &alpha, A, lda, B, ldb, &beta, C, ldc));
-        return;
-    }
-    const int64_t a_padded = (a_elems + 7) / 8 * 8; // b16 starts 16-byte aligned
-    const size_t bytes = static_cast<size_t>(a_padded + b_elems) * sizeof(__nv_bfloat16);
-    if (!ctx->reserve(ctx->cast_scratch, bytes, ctx)) return;
-    __nv_bfloat16 *a16 = reinterpret_cast<__nv_bfloat16 *>(ctx->cast_scratch.data());
-    __nv_bfloat16 *b16 = a16 + a_padded;
-    to_bf16_kernel<<<blocks_for((a_elems + 7) / 8, 256), 256, 0, ctx->stream>>>(a16, A, a_elems);
-    to_bf16_kernel<<<blocks_for((b_elems + 7) / 8, 256), 256, 0, ctx->stream>>>(b16, B, b_elems);
-    if (!STX_LAUNCH_CHECK(ctx, "to_bf16_kernel")) return;
-    STX_BLAS_CHECK(ctx, cublasGemmEx(ctx->cublas, ta, tb, m, n, k, &alpha, a16, CUDA_R_16BF, lda,
-                                     b16, CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
+    STX_BLAS_CHECK(
+        ctx, cublasSgemm(ctx->cublas, ta, tb, m, n, k, &alpha, A, lda, B, ldb, &beta, C, ldc));
+}
+
+// bf16 mode: the same on bf16 operands, fp32 accumulation and output.
+void gemm_bf16(const std::shared_ptr<Context> &ctx, cublasOperation_t ta, cublasOperation_t tb,
+               int m, int n, int k, const __nv_bfloat16 *A, int lda, const __nv_bfloat16 *B,
+               int ldb, float beta, float *C, int ldc) {
+    if (!ctx->ok()) return;
+    const float alpha = 1.0f;
+    STX_BLAS_CHECK(ctx, cublasGemmEx(ctx->cublas, ta, tb, m, n, k, &alpha, A, CUDA_R_16BF, lda, B,
+                                     CUDA_R_16BF, ldb, &beta, C, CUDA_R_32F, ldc,
                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
+// Where the bf16 operands of a product lie. cuBLAS chooses its kernel (and so the order of
+// the fp32 sums) partly by operand alignment, so every operand keeps the address modulo 256
+// bytes it has always had: A at the start of an allocation (256-byte aligned, as the weight
+// copies are), B at the next 16-byte boundary after A's elements.
+int64_t padded8(int64_t n) {
+    return (n + 7) / 8 * 8;
+}
+const int64_t kAlignElems = 128; // 256 bytes of bf16
+
+void to_bf16(const std::shared_ptr<Context> &ctx, __nv_bfloat16 *dst, const float *src, int64_t n) {
+    if (!ctx->ok()) return;
+    to_bf16_kernel<<<blocks_for((n + 7) / 8, 256), 256, 0, ctx->stream>>>(dst, src, n);
+    STX_LAUNCH_CHECK(ctx, "to_bf16_kernel");
+}
+
+__nv_bfloat16 *cast_base(const std::shared_ptr<Context> &ctx, int64_t elems) {
+    if (!ctx->reserve(ctx->cast_scratch, static_cast<size_t>(elems) * sizeof(__nv_bfloat16), ctx))
+        return nullptr;
+    return reinterpret_cast<__nv_bfloat16 *>(ctx->cast_scratch.data());
+}
+
+// The bf16 copy of weight matrix w (elems floats) when it lies in the parameter buffer,
+// converted now if the parameters changed since; nullptr otherwise.
+const __nv_bfloat16 *weight_copy(const std::shared_ptr<Context> &ctx, const float *w,
+                                 int64_t elems) {
+    if (!ctx->params || elems <= 0) return nullptr;
+    const uintptr_t a = reinterpret_cast<uintptr_t>(w);
+    const uintptr_t base = reinterpret_cast<uintptr_t>(ctx->params);
+    const uintptr_t end = base + ctx->params_n * sizeof(float);
+    if (a < base || a >= end || (a - base) % sizeof(float) != 0 ||
+        static_cast<uint64_t>(elems) > (end - a) / sizeof(float))
+        return nullptr;
+    Context::WeightCopy &copy =
+        ctx->weight_copies[std::make_pair(static_cast<size_t>(w - ctx->params), elems)];
+    if (copy.data.size() != static_cast<size_t>(elems)) {
+        copy.data.allocate(ctx, static_cast<size_t>(elems));
+        copy.version = 0;
+        if (!ctx->ok()) return nullptr;
+    }
+    if (copy.version != ctx->params_version) {
+        to_bf16(ctx, copy.data.data(), w, elems);
+        if (!ctx->ok()) return nullptr;
+        copy.version = ctx->params_version;
+    }
+    return copy.data.data();
+}
+
+// Whether [a, a + na) and [b, b + nb) share an element.
+bool overlap(const float *a, int64_t na, const float *b, int64_t nb) {
+    const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
+    return pa < pb + static_cast<uintptr_t>(nb) * sizeof(float) &&
+           pb < pa + static_cast<uintptr_t>(na) * sizeof(float);
 }
 
 } // namespace
@@ -77,19 +131,58 @@ void CudaOps::linear_forward(float *out, const float *inp, const float *w, const
     bias_broadcast_kernel<<<static_cast<unsigned>(N), 128, 0, ctx_->stream>>>(out, bias, OC);
     if (!STX_LAUNCH_CHECK(ctx_, "bias_broadcast_kernel")) return;
     // out^T (OC x N) = W (OC x IC) x^T (IC x N) + out^T
-    gemm(ctx_, CUBLAS_OP_T, CUBLAS_OP_N, OC, static_cast<int>(N), IC, w, IC,
-         static_cast<int64_t>(OC) * IC, inp, IC, N * IC, 1.0f, out, OC);
+    const int64_t w_elems = static_cast<int64_t>(OC) * IC, x_elems = N * IC;
+    if (!ctx_->bf16) {
+        gemm_fp32(ctx_, CUBLAS_OP_T, CUBLAS_OP_N, OC, static_cast<int>(N), IC, w, IC, inp, IC, 1.0f,
+                  out, OC);
+        return;
+    }
+    const __nv_bfloat16 *w16 = weight_copy(ctx_, w, w_elems);
+    __nv_bfloat16 *s = cast_base(ctx_, padded8(w_elems) + x_elems);
+    if (!s) return;
+    if (!w16) {
+        to_bf16(ctx_, s, w, w_elems);
+        w16 = s;
+    }
+    to_bf16(ctx_, s + padded8(w_elems), inp, x_elems);
+    gemm_bf16(ctx_, CUBLAS_OP_T, CUBLAS_OP_N, OC, static_cast<int>(N), IC, w16, IC,
+              s + padded8(w_elems), IC, 1.0f, out, OC);
 }
 
 void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
                               const float *inp, const float *w, int64_t N, int32_t IC, int32_t OC) {
     if (!ctx_->ok() || N == 0) return;
+    const int64_t w_elems = static_cast<int64_t>(OC) * IC, x_elems = N * IC, d_elems = N * OC;
     // dinp^T (IC x N) += W^T (IC x OC) dout^T (OC x N)
-    gemm(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w, IC,
-         static_cast<int64_t>(OC) * IC, dout, OC, N * OC, 1.0f, dinp, IC);
     // dW^T (IC x OC) += x^T (IC x N) dout (N x OC)
-    gemm(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), inp, IC, N * IC, dout, OC,
-         N * OC, 1.0f, dw, IC);
+    if (!ctx_->bf16) {
+        gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w, IC, dout, OC,
+                  1.0f, dinp, IC);
+        gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), inp, IC, dout, OC,
+                  1.0f, dw, IC);
+    } else {
+        const __nv_bfloat16 *w16 = weight_copy(ctx_, w, w_elems);
+        // Both products read dout as B: one bf16 copy serves both where it can sit at B's
+        // place of each (the same address modulo 256 bytes) and the first product's output
+        // does not overwrite dout before the second reads it.
+        const int64_t b1 = padded8(w_elems), b2 = padded8(x_elems);
+        const bool share = (b1 - b2) % kAlignElems == 0 && !overlap(dinp, x_elems, dout, d_elems);
+        const int64_t d_at = share ? std::max(b1, b2) : 0;
+        __nv_bfloat16 *s = cast_base(ctx_, std::max(b1, b2) + d_elems);
+        if (!s) return;
+        if (share) to_bf16(ctx_, s + d_at, dout, d_elems);
+        if (!w16) {
+            to_bf16(ctx_, s, w, w_elems);
+            w16 = s;
+        }
+        if (!share) to_bf16(ctx_, s + b1, dout, d_elems);
+        gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w16, IC,
+                  s + (share ? d_at : b1), OC, 1.0f, dinp, IC);
+        to_bf16(ctx_, s, inp, x_elems);
+        if (!share) to_bf16(ctx_, s + b2, dout, d_elems);
+        gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), s, IC,
+                  s + (share ? d_at : b2), OC, 1.0f, dw, IC);
+    }
     if (dbias) column_sum_add(ctx_.get(), ctx_, dbias, dout, N, OC);
 }
 

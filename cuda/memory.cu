@@ -15,6 +15,7 @@ Context::~Context() {
     cast_scratch.release();
     reduce_scratch.release();
     index_scratch.release();
+    weight_copies.clear();
     if (cublas) cublasDestroy(cublas);
     if (stream) cudaStreamDestroy(stream);
 }
@@ -107,8 +108,16 @@ void CudaOps::alloc(Buffer &b, size_t n) {
     b.allocate(ctx_, n);
 }
 
+void CudaOps::set_parameters(const float *p, size_t n) {
+    ctx_->weight_copies.clear();
+    ctx_->params = p;
+    ctx_->params_n = n;
+    ++ctx_->params_version;
+}
+
 void CudaOps::zero(Buffer &b) {
     if (!ctx_->ok() || b.size() == 0) return;
+    ctx_->parameters_written(b.data(), b.size());
     STX_CUDA_CHECK(ctx_, cudaMemsetAsync(b.data(), 0, b.size() * sizeof(float), ctx_->stream));
 }
 
@@ -120,6 +129,7 @@ void CudaOps::upload_bytes(Bytes &b, const uint8_t *src, size_t n) {
 
 void CudaOps::copy_in(float *dst, size_t n, stx_dtype dtype, const void *src) {
     if (!ctx_->ok()) return;
+    ctx_->parameters_written(dst, n);
     std::vector<float> host(n);
     for (size_t i = 0; i < n; ++i)
         host[i] = dtype == STX_DTYPE_F64 ? static_cast<float>(static_cast<const double *>(src)[i])

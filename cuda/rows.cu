@@ -117,29 +117,64 @@ __global__ void embedding_forward_kernel(float *out, const uint8_t *tokens, cons
 // destination element gets the same additions in the same order as one walk over the rows
 // would give (no atomics, the same bits every run), while all of them run in parallel.
 
-// The rows (t >= 1) whose input token is v, in row order, for every v: a counting sort by one
-// CTA of 256 threads, thread v scanning the tokens (its writes stay in row order).
-__global__ void token_rows_kernel(int32_t *rows, int32_t *offsets, const uint8_t *tokens, int32_t B,
-                                  int32_t T) {
-    __shared__ int32_t count[256];
+// The rows (t >= 1) whose input token is v, in row order, for every v: a stable counting sort
+// over chunks of kSortChunk rows. counts[v][k] = rows of token v in chunk k; its exclusive scan
+// in (v, k) order is where chunk k's rows of token v start; each chunk then writes its rows
+// of v from there in row order. That is the list one walk over all rows would give.
+const int kSortChunk = 256; // rows a chunk, and threads a block: thread v handles token v
+
+// Chunk k's input tokens into shared memory, 256 (no token) where a row has none (t = 0) or
+// lies past the end.
+__device__ __forceinline__ void load_chunk_tokens(int32_t *chunk_tok, const uint8_t *tokens,
+                                                  int64_t N, int32_t T) {
+    const int64_t r = blockIdx.x * static_cast<int64_t>(kSortChunk) + threadIdx.x;
+    chunk_tok[threadIdx.x] = r < N && r % T != 0 ? tokens[r - 1] : 256;
+    __syncthreads();
+}
+
+__global__ void token_count_kernel(int32_t *counts, const uint8_t *tokens, int64_t N, int32_t T) {
+    __shared__ int32_t chunk_tok[kSortChunk];
+    load_chunk_tokens(chunk_tok, tokens, N, T);
     const int32_t v = threadIdx.x;
-    const int64_t N = static_cast<int64_t>(B) * T;
     int32_t n = 0;
-    for (int64_t r = 0; r < N; ++r) n += r % T != 0 && tokens[r - 1] == v;
-    count[v] = n;
+    for (int32_t i = 0; i < kSortChunk; ++i) n += chunk_tok[i] == v;
+    counts[static_cast<int64_t>(v) * gridDim.x + blockIdx.x] = n;
+}
+
+// One block of 256 threads: counts becomes the exclusive scan (the chunks' starts) in place;
+// offsets[v] = start of token v, offsets[256] = all rows.
+__global__ void token_scan_kernel(int32_t *counts, int32_t *offsets, int32_t chunks) {
+    __shared__ int32_t start[257];
+    const int32_t v = threadIdx.x;
+    int32_t *c = counts + static_cast<int64_t>(v) * chunks;
+    int32_t total = 0;
+    for (int32_t k = 0; k < chunks; ++k) total += c[k];
+    start[v + 1] = total;
     __syncthreads();
     if (v == 0) {
-        int32_t sum = 0;
-        for (int32_t i = 0; i < 256; ++i) {
-            offsets[i] = sum;
-            sum += count[i];
-        }
-        offsets[256] = sum;
+        start[0] = 0;
+        for (int32_t i = 1; i <= 256; ++i) start[i] += start[i - 1];
     }
     __syncthreads();
-    int32_t at = offsets[v];
-    for (int64_t r = 0; r < N; ++r)
-        if (r % T != 0 && tokens[r - 1] == v) rows[at++] = static_cast<int32_t>(r);
+    int32_t at = start[v];
+    offsets[v] = at;
+    if (v == 0) offsets[256] = start[256];
+    for (int32_t k = 0; k < chunks; ++k) {
+        const int32_t n = c[k];
+        c[k] = at;
+        at += n;
+    }
+}
+
+__global__ void token_scatter_kernel(int32_t *rows, const int32_t *starts, const uint8_t *tokens,
+                                     int64_t N, int32_t T) {
+    __shared__ int32_t chunk_tok[kSortChunk];
+    load_chunk_tokens(chunk_tok, tokens, N, T);
+    const int32_t v = threadIdx.x;
+    const int64_t first = blockIdx.x * static_cast<int64_t>(kSortChunk);
+    int32_t at = starts[static_cast<int64_t>(v) * gridDim.x + blockIdx.x];
+    for (int32_t i = 0; i < kSortChunk; ++i)
+        if (chunk_tok[i] == v) rows[at++] = static_cast<int32_t>(first + i);
 }
 
 // dtok[v][c] += dout[r][c] over the rows r of token v, in order: a thread per (v, c).
@@ -291,11 +326,19 @@ void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos,
                                  int32_t B, int32_t T, int32_t C) {
     if (!ctx_->ok()) return;
     const int64_t N = static_cast<int64_t>(B) * T;
-    if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257), ctx_)) return;
-    int32_t *rows = ctx_->index_scratch.data(), *offsets = rows + N;
+    const int64_t chunks = (N + kSortChunk - 1) / kSortChunk;
+    if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257 + 256 * chunks), ctx_))
+        return;
+    int32_t *rows = ctx_->index_scratch.data(), *offsets = rows + N, *counts = offsets + 257;
     const int threads = 128;
     const unsigned col_blocks = static_cast<unsigned>((C + threads - 1) / threads);
-    token_rows_kernel<<<1, 256, 0, ctx_->stream>>>(rows, offsets, tokens, B, T);
+    if (chunks > 0)
+        token_count_kernel<<<static_cast<unsigned>(chunks), kSortChunk, 0, ctx_->stream>>>(
+            counts, tokens, N, T);
+    token_scan_kernel<<<1, 256, 0, ctx_->stream>>>(counts, offsets, static_cast<int32_t>(chunks));
+    if (chunks > 0)
+        token_scatter_kernel<<<static_cast<unsigned>(chunks), kSortChunk, 0, ctx_->stream>>>(
+            rows, counts, tokens, N, T);
     token_grad_kernel<<<dim3(256, col_blocks), threads, 0, ctx_->stream>>>(dtok, dout, rows,
                                                                            offsets, C);
     start_grad_kernel<<<col_blocks, threads, 0, ctx_->stream>>>(dstart, dout, B, T, C);

@@ -11,7 +11,9 @@
 // then hf = LN_f(x_L), logits = hf W_out^T, loss = mean cross-entropy.
 //
 // The Ops policy provides: Scalar; Buffer (owns Scalars: data(), size()) and Bytes (owns
-// bytes: data()); alloc(Buffer&, n) zero-filled; zero(Buffer&); upload_bytes(Bytes&, host, n);
+// bytes: data()); alloc(Buffer&, n) zero-filled; set_parameters(p, n) (the parameter buffer,
+// written from then on only by copy_in, zero and adamw_update, so a backend may keep derived
+// copies of it); zero(Buffer&); upload_bytes(Bytes&, host, n);
 // copy_in(Scalar *dst, n, dtype, host src) and copy_out(src, n, dtype, host dst); mean(x, n)
 // and sum_squares(x, n) in double; status(); bytes_in_use(), bytes_peak() and
 // set_memory_limit(bytes); and every op of ref/ops.h under the same name with the same arguments
@@ -42,6 +44,7 @@ public:
     LoopModel(const ModelSpec &spec, Ops ops) : ops_(std::move(ops)), spec_(spec), d_(spec.dims) {
         const size_t P = static_cast<size_t>(spec.table.total);
         ops_.alloc(params_, P);
+        ops_.set_parameters(params_.data(), P);
         ops_.alloc(grads_, P);
         std::vector<double> init(P);
         for (size_t i = 0; i < spec.table.tensors.size(); ++i) {

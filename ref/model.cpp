@@ -41,6 +41,7 @@ template <typename S> struct RefOps {
         if (in_use_ > peak_) peak_ = in_use_;
         b.assign(n, S(0));
     }
+    void set_parameters(const S *, size_t) {} // nothing derived from them to keep in step
     void zero(Buffer &b) { std::fill(b.begin(), b.end(), S(0)); }
     void upload_bytes(Bytes &b, const uint8_t *src, size_t n) { b.assign(src, src + n); }
     void copy_in(S *dst, size_t n, stx_dtype dtype, const void *src) {
