@@ -25,7 +25,7 @@ namespace {
 
 template <typename T>
 bool upload(const std::shared_ptr<Context> &ctx, DeviceBuffer<T> &dst, const std::vector<T> &src) {
-    dst.allocate(ctx, src.size());
+    dst.allocate_for_context(ctx.get(), src.size()); // the Context caches the layout
     if (!ctx->ok()) return false;
     if (src.empty()) return true;
     return STX_CUDA_CHECK(ctx, cudaMemcpyAsync(dst.data(), src.data(), src.size() * sizeof(T),
@@ -697,7 +697,7 @@ void CudaOps::attention_forward(float *out, float *lse, const float *q, const fl
     const bool tc = ctx_->bf16 && tc_attention_supported(Dq, Dv, layout.block_size);
     __nv_bfloat16 *q16 = nullptr, *k16 = nullptr, *v16 = nullptr;
     if (tc) {
-        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + nv) * sizeof(__nv_bfloat16), ctx_)) return;
+        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + nv) * sizeof(__nv_bfloat16))) return;
         q16 = reinterpret_cast<__nv_bfloat16 *>(ctx_->cast_scratch.data());
         k16 = q16 + nq;
         v16 = k16 + nq;
@@ -717,7 +717,7 @@ void CudaOps::attention_forward(float *out, float *lse, const float *q, const fl
         return;
     }
     const size_t n_o = nv, n_l = static_cast<size_t>(B) * H * T;
-    if (!ctx_->reserve(ctx_->scratch, dl->max_passes * (n_o + n_l), ctx_)) return;
+    if (!ctx_->reserve(ctx_->scratch, dl->max_passes * (n_o + n_l))) return;
     float *o_parts = ctx_->scratch.data(), *lse_parts = o_parts + dl->max_passes * n_o;
     for (int32_t p = 0; p < dl->max_passes; ++p)
         run_pass(p, o_parts + p * n_o, lse_parts + p * n_l);
@@ -743,7 +743,7 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
     if (!dl) return;
     const int32_t H = layout.n_head;
     const size_t n_l = static_cast<size_t>(B) * H * T;
-    if (!ctx_->reserve(ctx_->scratch, n_l, ctx_)) return;
+    if (!ctx_->reserve(ctx_->scratch, n_l)) return;
     float *delta = ctx_->scratch.data();
     attn_delta_kernel<<<blocks_for(static_cast<int64_t>(n_l), 128), 128, 0, ctx_->stream>>>(
         delta, dout, out, B, T, H, Dv);
@@ -752,8 +752,7 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
     if (ctx_->bf16 && tc_attention_supported(Dq, Dv, layout.block_size)) {
         const size_t nq = static_cast<size_t>(B) * T * H * Dq,
                      nv = static_cast<size_t>(B) * T * H * Dv;
-        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + 2 * nv) * sizeof(__nv_bfloat16), ctx_))
-            return;
+        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + 2 * nv) * sizeof(__nv_bfloat16))) return;
         __nv_bfloat16 *q16 = reinterpret_cast<__nv_bfloat16 *>(ctx_->cast_scratch.data());
         __nv_bfloat16 *k16 = q16 + nq, *v16 = k16 + nq, *do16 = v16 + nv;
         tc_to_bf16(ctx_.get(), q16, q, static_cast<int64_t>(nq));

@@ -58,11 +58,10 @@ struct Context {
         if (params && n > 0 && a < base + params_n * sizeof(float) && base < a + n * sizeof(float))
             ++params_version;
     }
-    // Grows a scratch buffer to at least n elements; false if that failed.
-    template <typename T>
-    bool reserve(DeviceBuffer<T> &b, size_t n, const std::shared_ptr<Context> &self) {
+    // Grows one of the Context's scratch buffers to at least n elements; false if that failed.
+    template <typename T> bool reserve(DeviceBuffer<T> &b, size_t n) {
         if (b.size() >= n) return true;
-        b.allocate(self, n);
+        b.allocate_for_context(this, n);
         return b.size() >= n;
     }
 };
@@ -92,8 +91,7 @@ __device__ __forceinline__ float warp_max(float v) {
 }
 
 // Deterministic column sums: out[c] += sum_n x[n, c] (N rows of C), in a fixed order.
-void column_sum_add(Context *ctx, const std::shared_ptr<Context> &self, float *out, const float *x,
-                    int64_t N, int32_t C);
+void column_sum_add(Context *ctx, float *out, const float *x, int64_t N, int32_t C);
 
 } // namespace cuda
 } // namespace stx

@@ -47,24 +47,35 @@ public:
         std::swap(ptr_, o.ptr_);
         std::swap(n_, o.n_);
         std::swap(ctx_, o.ctx_);
+        std::swap(keep_, o.keep_);
     }
     // A failure is recorded in ctx (with the bytes asked for and free) and leaves it empty.
+    // The buffer keeps its Context alive.
     void allocate(const std::shared_ptr<Context> &ctx, size_t n) {
+        allocate_for_context(ctx.get(), n);
+        keep_ = ctx;
+    }
+    // For a buffer the Context owns itself (its scratch, cached layouts, weight copies): no
+    // reference, which would be a cycle keeping the Context, its stream, cuBLAS handle and
+    // all that scratch alive after its model is freed.
+    void allocate_for_context(Context *ctx, size_t n) {
         release();
         ctx_ = ctx;
-        ptr_ = static_cast<T *>(device_alloc(ctx_.get(), n * sizeof(T)));
+        ptr_ = static_cast<T *>(device_alloc(ctx_, n * sizeof(T)));
         n_ = ptr_ ? n : 0;
     }
     void release() {
-        if (ptr_) device_free(ctx_.get(), ptr_, n_ * sizeof(T));
+        if (ptr_) device_free(ctx_, ptr_, n_ * sizeof(T));
         ptr_ = nullptr;
         n_ = 0;
+        keep_.reset();
     }
 
 private:
     T *ptr_ = nullptr;
     size_t n_ = 0;
-    std::shared_ptr<Context> ctx_;
+    Context *ctx_ = nullptr;
+    std::shared_ptr<Context> keep_;
 };
 
 class CudaOps {

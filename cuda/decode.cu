@@ -580,13 +580,6 @@ public:
 
     int64_t position() const override { return pos_; }
 
-    int64_t state_bytes() const override {
-        int64_t total = 0;
-        for (const DecodePlan &p : plans_)
-            total += decode_cache_bytes(p, B_, d_.Dq, d_.Dv, static_cast<int32_t>(sizeof(E)));
-        return total;
-    }
-
 private:
     struct LayerWeights {
         DeviceBuffer<E> qkv, proj, w1, w2;

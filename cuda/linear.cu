@@ -85,7 +85,7 @@ void to_bf16(const std::shared_ptr<Context> &ctx, __nv_bfloat16 *dst, const floa
 }
 
 __nv_bfloat16 *cast_base(const std::shared_ptr<Context> &ctx, int64_t elems) {
-    if (!ctx->reserve(ctx->cast_scratch, static_cast<size_t>(elems) * sizeof(__nv_bfloat16), ctx))
+    if (!ctx->reserve(ctx->cast_scratch, static_cast<size_t>(elems) * sizeof(__nv_bfloat16)))
         return nullptr;
     return reinterpret_cast<__nv_bfloat16 *>(ctx->cast_scratch.data());
 }
@@ -104,7 +104,7 @@ const __nv_bfloat16 *weight_copy(const std::shared_ptr<Context> &ctx, const floa
     Context::WeightCopy &copy =
         ctx->weight_copies[std::make_pair(static_cast<size_t>(w - ctx->params), elems)];
     if (copy.data.size() != static_cast<size_t>(elems)) {
-        copy.data.allocate(ctx, static_cast<size_t>(elems));
+        copy.data.allocate_for_context(ctx.get(), static_cast<size_t>(elems));
         copy.version = 0;
         if (!ctx->ok()) return nullptr;
     }
@@ -183,7 +183,7 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
         gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), s, IC,
                   s + (share ? d_at : b2), OC, 1.0f, dw, IC);
     }
-    if (dbias) column_sum_add(ctx_.get(), ctx_, dbias, dout, N, OC);
+    if (dbias) column_sum_add(ctx_.get(), dbias, dout, N, OC);
 }
 
 } // namespace cuda

@@ -194,7 +194,7 @@ __global__ void reduce_final_kernel(double *partial, int n) {
 
 double reduce(const std::shared_ptr<Context> &ctx, const float *x, int64_t n, bool square) {
     if (!ctx->ok() || n <= 0) return 0.0;
-    if (!ctx->reserve(ctx->reduce_scratch, kReduceBlocks + 1, ctx)) return 0.0;
+    if (!ctx->reserve(ctx->reduce_scratch, kReduceBlocks + 1)) return 0.0;
     double *partial = ctx->reduce_scratch.data();
     const unsigned blocks = static_cast<unsigned>(
         std::min<int64_t>(kReduceBlocks, (n + kReduceThreads - 1) / kReduceThreads));

@@ -254,21 +254,19 @@ unsigned row_blocks(int64_t N) {
 }
 
 // Column sums in chunks of rows: (partial buffers, chunk count, rows per chunk).
-bool column_chunks(Context *ctx, const std::shared_ptr<Context> &self, int64_t N, int32_t C,
-                   int32_t *chunks, int64_t *chunk) {
+bool column_chunks(Context *ctx, int64_t N, int32_t C, int32_t *chunks, int64_t *chunk) {
     *chunk = N < 128 ? 1 : (N + 127) / 128;
     *chunks = static_cast<int32_t>((N + *chunk - 1) / *chunk);
-    return ctx->reserve(ctx->scratch, 2 * static_cast<size_t>(*chunks) * C, self);
+    return ctx->reserve(ctx->scratch, 2 * static_cast<size_t>(*chunks) * C);
 }
 
 } // namespace
 
-void column_sum_add(Context *ctx, const std::shared_ptr<Context> &self, float *out, const float *x,
-                    int64_t N, int32_t C) {
+void column_sum_add(Context *ctx, float *out, const float *x, int64_t N, int32_t C) {
     if (!ctx->ok() || N == 0) return;
     int32_t chunks = 0;
     int64_t chunk = 0;
-    if (!column_chunks(ctx, self, N, C, &chunks, &chunk)) return;
+    if (!column_chunks(ctx, N, C, &chunks, &chunk)) return;
     float *partial = ctx->scratch.data();
     dim3 grid((C + 127) / 128, static_cast<unsigned>(chunks));
     column_partial_kernel<<<grid, 128, 0, ctx->stream>>>(nullptr, partial, x, nullptr, nullptr,
@@ -293,7 +291,7 @@ void CudaOps::layernorm_backward(float *dinp, float *dg, float *db, const float 
         dinp, dout, inp, g, mean, rstd, N, C);
     int32_t chunks = 0;
     int64_t chunk = 0;
-    if (!column_chunks(ctx_.get(), ctx_, N, C, &chunks, &chunk)) return;
+    if (!column_chunks(ctx_.get(), N, C, &chunks, &chunk)) return;
     float *partial_g = ctx_->scratch.data(),
           *partial_b = partial_g + static_cast<size_t>(chunks) * C;
     dim3 grid((C + 127) / 128, static_cast<unsigned>(chunks));
@@ -327,8 +325,7 @@ void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos,
     if (!ctx_->ok()) return;
     const int64_t N = static_cast<int64_t>(B) * T;
     const int64_t chunks = (N + kSortChunk - 1) / kSortChunk;
-    if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257 + 256 * chunks), ctx_))
-        return;
+    if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257 + 256 * chunks))) return;
     int32_t *rows = ctx_->index_scratch.data(), *offsets = rows + N, *counts = offsets + 257;
     const int threads = 128;
     const unsigned col_blocks = static_cast<unsigned>((C + threads - 1) / threads);

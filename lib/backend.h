@@ -61,8 +61,6 @@ public:
     // The current distribution's logits, [B][256].
     virtual stx_status logits_read(stx_dtype dtype, void *dst) const = 0;
     virtual int64_t position() const = 0;
-    // Bytes of the key/value cache.
-    virtual int64_t state_bytes() const = 0;
 };
 
 // What a backend hands its decoder: the spec (for the layer layouts) and weights it keeps,

@@ -84,13 +84,6 @@ public:
 
     int64_t position() const override { return pos_; }
 
-    int64_t state_bytes() const override {
-        int64_t total = 0;
-        for (const DecodePlan &p : plans_)
-            total += decode_cache_bytes(p, B_, d_.Dq, d_.Dv, static_cast<int32_t>(sizeof(S)));
-        return total;
-    }
-
 private:
     const S *param(int32_t t) const {
         return params_ + spec_->table.tensors[static_cast<size_t>(t)].offset;
