@@ -10,11 +10,13 @@
 // so the three projections are one GEMM.
 //
 // Attention (decode_attention_kernel): one CTA per (sequence, head, split of the candidate
-// keys); a thread scores one candidate key per tile of 128, the tile's values are summed by
-// threads along the value dim, an online softmax runs across tiles, and the last CTA of a
-// (sequence, head) to finish merges the splits' partial results (a ticket counter), so no
-// second kernel is launched. The key of the current position is taken from the projection
-// directly; split 0 writes it to the cache for later steps.
+// keys). The cache slots of the position's candidates come from a list built once per step and
+// plan (decode_slots_kernel); in a tile of 128 candidates a group of threads reads each key row
+// (whole rows per warp), the tile's values are summed by threads along the value dim, an online
+// softmax runs across tiles, and the last CTA of a (sequence, head) to finish merges the
+// splits' partial results (a ticket counter), so no second kernel is launched. The key of the
+// current position is taken from the projection directly; split 0 writes it to the cache for
+// later steps.
 #include <cuda_bf16.h>
 
 #include <cmath>
