@@ -235,10 +235,10 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
 
     const int tid = threadIdx.x;
     const int32_t bh = blockIdx.x, b = bh / a.H, h = bh % a.H, split = blockIdx.y;
-    const int64_t r = *a.row;
     if (tid == 0) hd = a.heads[h]; // the plan: no kernel writes it
     pdl_launch_dependents();
     pdl_wait();
+    const int64_t r = *a.row; // after the wait: the step's input is copied in before the chain
     const float *row = a.qkv + static_cast<int64_t>(b) * (2 * a.QK + a.C);
     for (int d = tid; d < DQ; d += kAttnThreads) {
         q[d] = to_f(to_e<E>(row[h * DQ + d] + a.bq[h * DQ + d]));

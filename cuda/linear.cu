@@ -101,8 +101,11 @@ const __nv_bfloat16 *weight_copy(const std::shared_ptr<Context> &ctx, const floa
     if (a < base || a >= end || (a - base) % sizeof(float) != 0 ||
         static_cast<uint64_t>(elems) > (end - a) / sizeof(float))
         return nullptr;
-    Context::WeightCopy &copy =
-        ctx->weight_copies[std::make_pair(static_cast<size_t>(w - ctx->params), elems)];
+    const auto key = std::make_pair(static_cast<size_t>(w - ctx->params), elems);
+    if (!ctx->weight_copies.count(key) && ctx->limit > 0 &&
+        ctx->in_use + elems * static_cast<int64_t>(sizeof(__nv_bfloat16)) > ctx->limit)
+        return nullptr; // under a memory limit with no room for the copy: convert as before
+    Context::WeightCopy &copy = ctx->weight_copies[key];
     if (copy.data.size() != static_cast<size_t>(elems)) {
         copy.data.allocate_for_context(ctx.get(), static_cast<size_t>(elems));
         copy.version = 0;

@@ -55,6 +55,9 @@ public:
         }
         ops_.copy_in(params_.data(), P, STX_DTYPE_F64, init.data());
     }
+    // The ops may outlive this model (a decoder shares their context): nothing derived from
+    // the parameters may be taken for a later buffer at the same address.
+    ~LoopModel() override { ops_.set_parameters(nullptr, 0); }
 
     stx_status forward(const ForwardArgs &args, double *loss_nats) override {
         resize(args.B, args.T);
