@@ -76,6 +76,21 @@ int parse_int_list(const char *text, const char *option, long long min, long lon
     return count;
 }
 
+void bench_preset_config(stx_config *cfg, const char *prog, const char *preset, int layers,
+                         int width, int heads, const char *pattern) {
+    if (stx_config_preset(cfg, preset) != STX_OK) stx_cli_die(prog, "--preset");
+    if (layers) cfg->n_layer = layers;
+    if (width) cfg->n_embd = width;
+    if (heads) cfg->n_head = heads;
+    if (pattern) snprintf(cfg->pattern, sizeof cfg->pattern, "%s", pattern);
+}
+
+void bench_set_backend(stx_config *cfg, int device, int device_index, int precision) {
+    cfg->backend = device == 0 ? STX_BACKEND_CPU : STX_BACKEND_CUDA;
+    cfg->device = device_index;
+    cfg->precision = precision == 0 || device == 0 ? STX_PRECISION_FP32 : STX_PRECISION_BF16;
+}
+
 static void random_bytes(unsigned char *dst, size_t n, unsigned long long seed) {
     unsigned long long s = seed;
     for (size_t i = 0; i < n; ++i) {
@@ -271,22 +286,13 @@ static int bench_train(int argc, char **argv) {
     int rc = stx_cli_parse(&cli, argc, argv, NULL, 0, NULL);
     if (rc != STX_CLI_CONTINUE) return rc;
     stx_config cfg;
-    if (stx_config_preset(&cfg, preset) != STX_OK) stx_cli_die(kProg, "--preset");
-    if (layers) cfg.n_layer = layers;
-    if (width) cfg.n_embd = width;
-    if (heads) cfg.n_head = heads;
+    bench_preset_config(&cfg, kProg, preset, layers, width, heads, pattern);
     if (ctx) {
         cfg.n_ctx = ctx;
         cfg.n_pos_axes = 0;
     }
-    if (pattern) {
-        strncpy(cfg.pattern, pattern, STX_PATTERN_MAX - 1);
-        cfg.pattern[STX_PATTERN_MAX - 1] = '\0';
-    }
     if (recompute >= 0) cfg.recompute = recompute;
-    cfg.backend = device == 0 ? STX_BACKEND_CPU : STX_BACKEND_CUDA;
-    cfg.device = device_index;
-    cfg.precision = precision == 0 || device == 0 ? STX_PRECISION_FP32 : STX_PRECISION_BF16;
+    bench_set_backend(&cfg, device, device_index, precision);
     if (batch < 1 || steps < 1)
         return stx_cli_usage_error(&cli, "--batch and --steps must be positive");
     stx_model *m = NULL;
@@ -425,9 +431,7 @@ static int bench_long(int argc, char **argv) {
             cfg.pos_shape[0] = (int32_t)(n / l), cfg.pos_shape[1] = l;
         }
         snprintf(cfg.pattern, sizeof cfg.pattern, "local:%d,strided:%d", l, l);
-        cfg.backend = cpu ? STX_BACKEND_CPU : STX_BACKEND_CUDA;
-        cfg.device = device_index;
-        cfg.precision = cpu || precision == 0 ? STX_PRECISION_FP32 : STX_PRECISION_BF16;
+        bench_set_backend(&cfg, device, device_index, precision);
         stx_model *m = NULL;
         step_timing t;
         stx_status s = stx_model_create(&cfg, &m);
@@ -514,21 +518,13 @@ static int bench_depth(int argc, char **argv) {
     long long depth[kMaxRows];
     const int count = parse_int_list(depths, "layers", 1, depth, kMaxRows);
     stx_config cfg;
-    if (stx_config_preset(&cfg, preset) != STX_OK) stx_cli_die(kProg, "--preset");
-    if (width) cfg.n_embd = width;
-    if (heads) cfg.n_head = heads;
+    bench_preset_config(&cfg, kProg, preset, 0, width, heads, pattern); /* depth: per row */
     if (ctx) {
         cfg.n_ctx = ctx;
         cfg.n_pos_axes = 0;
     }
-    if (pattern) {
-        strncpy(cfg.pattern, pattern, STX_PATTERN_MAX - 1);
-        cfg.pattern[STX_PATTERN_MAX - 1] = '\0';
-    }
     cfg.recompute = recompute;
-    cfg.backend = device == 0 ? STX_BACKEND_CPU : STX_BACKEND_CUDA;
-    cfg.device = device_index;
-    cfg.precision = precision == 0 || device == 0 ? STX_PRECISION_FP32 : STX_PRECISION_BF16;
+    bench_set_backend(&cfg, device, device_index, precision);
     printf("depth: %s, d %d, %d heads, %s, n %d, batch %d, recompute %d, %s %s\n", preset,
            cfg.n_embd, cfg.n_head, cfg.pattern, cfg.n_ctx, batch, cfg.recompute,
            cfg.backend == STX_BACKEND_CPU ? "cpu" : "cuda",

@@ -132,22 +132,16 @@ int stx_bench_decode(int argc, char **argv) {
     int rc = stx_cli_parse(&cli, argc, argv, NULL, 0, NULL);
     if (rc != STX_CLI_CONTINUE) return rc;
     stx_config cfg;
-    if (stx_config_preset(&cfg, preset) != STX_OK) stx_cli_die(kDecodeProg, "--preset");
-    if (layers) cfg.n_layer = layers;
-    if (width) cfg.n_embd = width;
-    if (heads) cfg.n_head = heads;
+    bench_preset_config(&cfg, kDecodeProg, preset, layers, width, heads, pattern);
     if (ctx) {
         cfg.n_ctx = ctx;
         cfg.n_pos_axes = ctx % 256 == 0 ? 2 : 0;
         cfg.pos_shape[0] = ctx / 256;
         cfg.pos_shape[1] = 256;
     }
-    if (pattern) snprintf(cfg.pattern, sizeof cfg.pattern, "%s", pattern);
     if (block) cfg.block_size = block;
     cfg.dropout = 0.0f;
-    cfg.backend = device == 0 ? STX_BACKEND_CPU : STX_BACKEND_CUDA;
-    cfg.device = device_index;
-    cfg.precision = precision == 0 || device == 0 ? STX_PRECISION_FP32 : STX_PRECISION_BF16;
+    bench_set_backend(&cfg, device, device_index, precision);
     long long bs[16], ps[16];
     const long long n_b = parse_int_list(batches, "batch", 1, bs, 16);
     long long n_p;

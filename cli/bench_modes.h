@@ -2,9 +2,20 @@
 #ifndef STX_BENCH_MODES_H
 #define STX_BENCH_MODES_H
 
+#include "sparsetx.h"
+
 /* A comma-separated list of whole numbers in [min, 2^24] into out[0 .. max); returns the
  * count (exits 1 on a malformed item or an empty list, naming the option). bench.c. */
 int parse_int_list(const char *text, const char *option, long long min, long long *out, int max);
+
+/* The --preset config (exits 1 naming it if unknown) with the overrides every mode shares: a
+ * zero number or a NULL pattern keeps the preset's. --ctx is each mode's own. bench.c. */
+void bench_preset_config(stx_config *cfg, const char *prog, const char *preset, int layers,
+                         int width, int heads, const char *pattern);
+
+/* The --device (0 cpu, 1 cuda), --device-index and --precision (0 fp32, 1 bf16; cpu is always
+ * fp32) choices into cfg. bench.c. */
+void bench_set_backend(stx_config *cfg, int device, int device_index, int precision);
 
 /* sparsetx-bench decode (bench_decode.c): argv[0] is "decode". */
 int stx_bench_decode(int argc, char **argv);
