@@ -135,4 +135,28 @@ static inline double stx_test_decode_check(stx_model *m, int32_t B, int32_t n_pr
     return worst;
 }
 
+/* stx_test_decode_check on every case of kStxDecodeCases: a model each on backend and
+ * precision (seed model_seed + i), B sequences, once per prefill length of prefills[] (the
+ * k-th with data seed data_seed + 100 k + i); returns the worst error. */
+static inline double stx_test_decode_every_case(int32_t backend, int32_t precision,
+                                                const char *label, uint64_t model_seed, int32_t B,
+                                                const int32_t *prefills, int n_prefills,
+                                                uint64_t data_seed, double bound) {
+    const size_t n = sizeof kStxDecodeCases / sizeof kStxDecodeCases[0];
+    double worst = 0.0;
+    for (size_t i = 0; i < n; ++i) {
+        stx_model *m =
+            stx_test_decode_model(&kStxDecodeCases[i], backend, precision, model_seed + i);
+        char what[96];
+        snprintf(what, sizeof what, "%s %s", label, kStxDecodeCases[i].pattern);
+        for (int k = 0; k < n_prefills; ++k) {
+            const double e = stx_test_decode_check(m, B, prefills[k],
+                                                   data_seed + 100u * (uint64_t)k + i, bound, what);
+            if (e > worst) worst = e;
+        }
+        stx_model_free(m);
+    }
+    return worst;
+}
+
 #endif

@@ -20,38 +20,21 @@
 
 static void test_matches_forward_fp32(void **state) {
     (void)state;
-    const size_t n = sizeof kStxDecodeCases / sizeof kStxDecodeCases[0];
-    double worst = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        stx_model *m = stx_test_decode_model(&kStxDecodeCases[i], STX_BACKEND_CPU,
-                                             STX_PRECISION_FP32, 11u + i);
-        char what[96];
-        snprintf(what, sizeof what, "cpu fp32 %s", kStxDecodeCases[i].pattern);
-        double e = stx_test_decode_check(m, 2, 0, 100u + i, 1e-5, what);
-        if (e > worst) worst = e;
-        e = stx_test_decode_check(m, 2, 21, 200u + i, 1e-5, what);
-        if (e > worst) worst = e;
-        stx_model_free(m);
-    }
+    const int32_t prefills[] = {0, 21};
+    const double worst = stx_test_decode_every_case(STX_BACKEND_CPU, STX_PRECISION_FP32, "cpu fp32",
+                                                    11, 2, prefills, 2, 100, 1e-5);
     printf("  %zu patterns, every position of n_ctx 64, steps and prefill: worst %.2e "
            "(bound 1e-5)\n",
-           n, worst);
+           sizeof kStxDecodeCases / sizeof kStxDecodeCases[0], worst);
 }
 
 static void test_matches_forward_fp64(void **state) {
     (void)state;
-    const size_t n = sizeof kStxDecodeCases / sizeof kStxDecodeCases[0];
-    double worst = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        stx_model *m = stx_test_decode_model(&kStxDecodeCases[i], STX_BACKEND_CPU,
-                                             STX_PRECISION_FP64, 41u + i);
-        char what[96];
-        snprintf(what, sizeof what, "cpu fp64 %s", kStxDecodeCases[i].pattern);
-        const double e = stx_test_decode_check(m, 3, 17, 300u + i, 1e-12, what);
-        if (e > worst) worst = e;
-        stx_model_free(m);
-    }
-    printf("  %zu patterns in fp64: worst %.2e (bound 1e-12)\n", n, worst);
+    const int32_t prefills[] = {17};
+    const double worst = stx_test_decode_every_case(STX_BACKEND_CPU, STX_PRECISION_FP64, "cpu fp64",
+                                                    41, 3, prefills, 1, 300, 1e-12);
+    printf("  %zu patterns in fp64: worst %.2e (bound 1e-12)\n",
+           sizeof kStxDecodeCases / sizeof kStxDecodeCases[0], worst);
 }
 
 /* 210 sequences of 41 rows pass the prefill's group limit (8,192 rows): two forwards fill the
