@@ -706,9 +706,10 @@ void CudaOps::attention_forward(float *out, float *lse, const float *q, const fl
         tc_to_bf16(ctx_.get(), v16, v, static_cast<int64_t>(nv));
     }
     auto run_pass = [&](int32_t p, float *o_p, float *lse_p) {
-        if (tc)
-            tc_attention_forward(ctx_, *dl, p, q16, k16, v16, o_p, lse_p, B, T, Dq, Dv, sc);
-        else
+        if (tc) {
+            if (!wg_attention_forward(ctx_, *dl, p, q16, k16, v16, o_p, lse_p, B, T, Dq, Dv, sc))
+                tc_attention_forward(ctx_, *dl, p, q16, k16, v16, o_p, lse_p, B, T, Dq, Dv, sc);
+        } else
             dispatch(Dq, Dv, ctx_->bf16,
                      [&](auto kern) { kern.forward(ctx_, *dl, p, q, k, v, o_p, lse_p, B, T, sc); });
     };

@@ -23,6 +23,8 @@ struct DeviceLayout; // attention.cu: a Layout's CSR lists and predicates on the
 struct Context {
     int32_t device = 0;
     bool bf16 = false;
+    bool wgmma_off = false;  // CudaOps::use_hopper_kernels(false): the portable kernels only
+    int8_t wgmma_built = -1; // wgmma_usable's answer for the device: -1 not asked yet
     cudaStream_t stream = nullptr;
     cublasHandle_t cublas = nullptr;
     stx_status err = STX_OK;

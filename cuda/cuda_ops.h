@@ -145,6 +145,13 @@ public:
                               std::unique_ptr<Decoder> *out) const;
     int64_t decoder_state_bytes(const ModelSpec &spec, int32_t batch) const;
 
+    // On by default: the sm_90a (wgmma) attention kernels where the device and the build have
+    // them. Off: the portable mma.sync kernels everywhere (tests and benchmarks compare both).
+    void use_hopper_kernels(bool on);
+    // Whether the attention runs on the Hopper kernels (where the block size and head dims
+    // allow) in this context.
+    bool hopper_kernels() const;
+
     const std::shared_ptr<Context> &context() const { return ctx_; }
 
 private:

@@ -1,5 +1,6 @@
 // memory.cu: the CUDA context, device memory with byte accounting, host transfers with
 // dtype conversion, and deterministic reductions (mean, sum of squares) in double.
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -89,6 +90,9 @@ stx_status CudaOps::create(int32_t device, bool bf16, CudaOps *out) {
     auto ctx = std::make_shared<Context>();
     ctx->device = device;
     ctx->bf16 = bf16;
+    // For comparisons on one machine (README): the portable attention kernels on Hopper too.
+    const char *portable = getenv("STX_CUDA_PORTABLE_KERNELS");
+    ctx->wgmma_off = portable && strcmp(portable, "1") == 0;
     if (!STX_CUDA_CHECK(ctx, cudaSetDevice(device))) return ctx->err;
     if (!STX_CUDA_CHECK(ctx, cudaStreamCreateWithFlags(&ctx->stream, cudaStreamNonBlocking)))
         return ctx->err;
@@ -233,6 +237,9 @@ int64_t CudaOps::bytes_peak() const {
 }
 void CudaOps::set_memory_limit(int64_t bytes) {
     ctx_->limit = bytes;
+}
+void CudaOps::use_hopper_kernels(bool on) {
+    ctx_->wgmma_off = !on;
 }
 void CudaOps::synchronize() const {
     if (ctx_->ok()) STX_CUDA_CHECK(ctx_, cudaStreamSynchronize(ctx_->stream));

@@ -27,7 +27,9 @@
 using stx::cuda::CudaOps;
 typedef std::vector<double> vec;
 
-static CudaOps g_fp32, g_bf16;
+// g_bf16 takes the Hopper (wgmma) attention kernels where the device has them; g_bf16_mma
+// the portable mma.sync ones everywhere, so that on an H100 both are checked.
+static CudaOps g_fp32, g_bf16, g_bf16_mma;
 // bf16: operands carry a relative error of at most 2^-9 each. The tensor-core attention
 // kernels also round P and dS (the A operands of P V, dS K and dS^T Q) to bf16, one more
 // 2^-9 per term, averaging out over a row's keys; the whole stays well inside 2e-2 at these
@@ -283,6 +285,9 @@ static const AttnCase kAttnCases[] = {
     {"local:16+strided:16", 2048, 2000, 64, 1, 64, 64},
     {"dense+strided:16", 300, 290, 32, 1, 32, 32},
     {"strided:24", 1000, 990, 64, 1, 64, 64},
+    // Dv = 2 Dq at blocks the Hopper kernels take (two 64-column halves of O and dV).
+    {"fixed:128:32:2", 500, 470, 128, 2, 64, 128},
+    {"local:100+strided:100", 700, 680, 64, 1, 64, 128},
 };
 
 static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
@@ -348,8 +353,12 @@ static void test_attention(void **state) {
     for (const AttnCase &c : kAttnCases) {
         run_attention_case(c, g_fp32, kFp32Bound, ++seed);
         run_attention_case(c, g_bf16, kBf16Bound, ++seed);
+        if (g_bf16.hopper_kernels()) run_attention_case(c, g_bf16_mma, kBf16Bound, ++seed);
     }
-    printf("  %zu attention cases, fp32 and bf16\n", sizeof kAttnCases / sizeof kAttnCases[0]);
+    printf("  %zu attention cases, fp32 and bf16 (%s)\n", sizeof kAttnCases / sizeof kAttnCases[0],
+           g_bf16.hopper_kernels() ? "Hopper wgmma kernels where they apply, and the mma.sync "
+                                     "kernels everywhere"
+                                   : "the mma.sync kernels: this device or build has no sm_90a");
 }
 
 /* Running the same backward twice gives the same bits (no atomics), in fp32 and in bf16 (the
@@ -359,8 +368,8 @@ static void test_attention_deterministic(void **state) {
     const AttnCase cases[] = {{"local:16+strided:16", 100, 100, 16, 2, 64, 64},
                               {"local:64+strided:32", 400, 390, 64, 2, 64, 64}};
     for (const AttnCase &c : cases)
-        for (int prec = 0; prec < 2; ++prec) {
-            CudaOps &ops = prec ? g_bf16 : g_fp32;
+        for (int prec = 0; prec < 3; ++prec) {
+            CudaOps &ops = prec == 2 ? g_bf16_mma : prec ? g_bf16 : g_fp32;
             stx::LayerPattern lp;
             stx::Layout lay;
             assert_int_equal(stx::parse_layer_pattern(c.pattern, &lp), STX_OK);
@@ -387,17 +396,21 @@ static void test_attention_deterministic(void **state) {
                     first = all;
                 else if (memcmp(first.data(), all.data(), all.size() * sizeof(double)) != 0)
                     fail_msg("attention backward differs between two runs (%s, %s)", c.pattern,
-                             prec ? "bf16" : "fp32");
+                             prec == 2 ? "bf16 mma.sync"
+                             : prec    ? "bf16"
+                                       : "fp32");
             }
         }
 }
 
 int main(void) {
     if (CudaOps::create(0, false, &g_fp32) != STX_OK ||
-        CudaOps::create(0, true, &g_bf16) != STX_OK) {
+        CudaOps::create(0, true, &g_bf16) != STX_OK ||
+        CudaOps::create(0, true, &g_bf16_mma) != STX_OK) {
         printf("SKIP: test_cuda_ops needs a CUDA device: %s\n", stx_last_error());
         return STX_TEST_SKIP;
     }
+    g_bf16_mma.use_hopper_kernels(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dense_ops),
         cmocka_unit_test(test_dropout_bit_for_bit),
@@ -408,10 +421,12 @@ int main(void) {
     // The tests above filled every buffer a Context owns (scratch, cast and index scratch,
     // cached layouts); none may keep the Context alive once its ops are gone, or its device
     // memory, stream and cuBLAS handle leak with every model.
-    const std::weak_ptr<stx::cuda::Context> ctx32 = g_fp32.context(), ctx16 = g_bf16.context();
+    const std::weak_ptr<stx::cuda::Context> ctx32 = g_fp32.context(), ctx16 = g_bf16.context(),
+                                            ctx16m = g_bf16_mma.context();
     g_fp32 = CudaOps();
     g_bf16 = CudaOps();
-    if (!ctx32.expired() || !ctx16.expired()) {
+    g_bf16_mma = CudaOps();
+    if (!ctx32.expired() || !ctx16.expired() || !ctx16m.expired()) {
         printf("FAIL: a CUDA context outlived its ops (a reference cycle leaks its memory)\n");
         return 1;
     }
