@@ -283,6 +283,9 @@ static const AttnCase kAttnCases[] = {
     {"local:16+strided:16", 2048, 2000, 64, 1, 64, 64},
     {"dense+strided:16", 300, 290, 32, 1, 32, 32},
     {"strided:24", 1000, 990, 64, 1, 64, 64},
+    // (Dq, Dv) = (64, 128) at blocks of 64 and 128 (on an H100: the wgmma backward's third shape)
+    {"fixed:128:32:2", 400, 390, 64, 2, 64, 128},
+    {"local:100", 400, 333, 128, 1, 64, 128},
 };
 
 static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
