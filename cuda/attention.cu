@@ -761,8 +761,10 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
         tc_to_bf16(ctx_.get(), v16, v, static_cast<int64_t>(nv));
         tc_to_bf16(ctx_.get(), do16, dout, static_cast<int64_t>(nv));
         for (int32_t p = 0; p < dl->max_passes; ++p)
-            tc_attention_backward(ctx_, *dl, p, q16, k16, v16, do16, lse, delta, dq, dk, dv, B, T,
-                                  Dq, Dv, sc);
+            if (!wg_attention_backward(ctx_, *dl, p, q16, k16, v16, do16, lse, delta, dq, dk, dv, B,
+                                       T, Dq, Dv, sc))
+                tc_attention_backward(ctx_, *dl, p, q16, k16, v16, do16, lse, delta, dq, dk, dv, B,
+                                      T, Dq, Dv, sc);
         return;
     }
     for (int32_t p = 0; p < dl->max_passes; ++p)

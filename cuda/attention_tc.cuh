@@ -129,5 +129,13 @@ bool wg_attention_forward(const std::shared_ptr<Context> &ctx, const DeviceLayou
                           float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
                           float scale);
 
+// Hopper (sm_90a) wgmma version of tc_attention_backward for block sizes 64 and 128 and
+// (Dq, Dv) in {(64, 64), (128, 128), (64, 128)}; false (nothing launched) elsewhere.
+bool wg_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl,
+                           int32_t pass, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
+                           const __nv_bfloat16 *v, const __nv_bfloat16 *dout, const float *lse,
+                           const float *delta, float *dq, float *dk, float *dv, int32_t B,
+                           int32_t T, int32_t Dq, int32_t Dv, float scale);
+
 } // namespace cuda
 } // namespace stx

@@ -288,6 +288,8 @@ static const AttnCase kAttnCases[] = {
     // Dv = 2 Dq at blocks the Hopper kernels take (two 64-column halves of O and dV).
     {"fixed:128:32:2", 500, 470, 128, 2, 64, 128},
     {"local:100+strided:100", 700, 680, 64, 1, 64, 128},
+    {"fixed:128:32:2", 400, 390, 64, 2, 64, 128},
+    {"local:100", 400, 333, 128, 1, 64, 128},
 };
 
 static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
