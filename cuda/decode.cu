@@ -33,7 +33,10 @@ namespace {
 
 const int kAttnThreads = 128;  // candidate keys per tile
 const int kKeysPerSplit = 128; // candidates a CTA takes at most: short chains, more CTAs
-const int kRowThreads = 128;   // a LayerNorm row's CTA
+// Attention CTAs an SM should hold: at 48 registers a thread it held 10 (ncu, H100), so 1,536
+// CTAs at batch 64 were 1.16 waves; 12 makes that one wave.
+const int kAttnCtasPerSm = 12;
+const int kRowThreads = 128; // a LayerNorm row's CTA
 
 template <typename E> __device__ __forceinline__ E to_e(float x);
 template <> __device__ __forceinline__ float to_e<float>(float x) {
@@ -212,7 +215,8 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *scrat
 }
 
 template <typename E, int DQ, int DV>
-__global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs<E> a) {
+__global__ void __launch_bounds__(kAttnThreads, kAttnCtasPerSm)
+    decode_attention_kernel(AttnArgs<E> a) {
     // Keys: kQChunks threads share a key row, a 16-byte chunk each, so a warp reads whole rows.
     // Values: a thread sums 16-byte chunks of the rows of every kLanes-th key of a tile, so
     // its loads are independent and all in flight; the key lanes are added at the end.
