@@ -35,7 +35,10 @@ namespace {
 
 const int kAttnThreads = 128;  // candidate keys per tile
 const int kKeysPerSplit = 128; // candidates a CTA takes at most: short chains, more CTAs
-const int kRowThreads = 128;   // a LayerNorm row's CTA
+// Attention CTAs an SM should hold: at 48 registers a thread it held 10 (ncu, H100), so 1,536
+// CTAs at batch 64 were 1.16 waves; 12 makes that one wave.
+const int kAttnCtasPerSm = 12;
+const int kRowThreads = 128; // a LayerNorm row's CTA
 
 template <typename E> __device__ __forceinline__ E to_e(float x);
 template <> __device__ __forceinline__ float to_e<float>(float x) {
@@ -214,7 +217,8 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *scrat
 }
 
 template <typename E, int DQ, int DV>
-__global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs<E> a) {
+__global__ void __launch_bounds__(kAttnThreads, kAttnCtasPerSm)
+    decode_attention_kernel(AttnArgs<E> a) {
     // Keys: kQChunks threads share a key row, a 16-byte chunk each, so a warp reads whole rows.
     // Values: a thread sums 16-byte chunks of the rows of every kLanes-th key of a tile, so
     // its loads are independent and all in flight; the key lanes are added at the end.
@@ -266,7 +270,10 @@ __global__ void __launch_bounds__(kAttnThreads) decode_attention_kernel(AttnArgs
         }
     }
 
-    const int64_t chunk = (total + n_splits - 1) / n_splits;
+    // Whole tiles a split (the last one takes the rest), so no split ends on a tile of a few
+    // keys that costs as much as a full one.
+    const int64_t tiles = (total + kAttnThreads - 1) / kAttnThreads;
+    const int64_t chunk = (tiles + n_splits - 1) / n_splits * kAttnThreads;
     const int64_t begin = split * chunk, end = begin + chunk < total ? begin + chunk : total;
     const int32_t *list = a.slots + static_cast<int64_t>(h) * a.slot_stride;
     const int qchunk = tid % kQChunks, klane = tid / kQChunks;
@@ -696,12 +703,19 @@ private:
         }
         // Splits of a (sequence, head): enough CTAs to fill the GPU, not more, so a large
         // batch merges few partial results.
-        int sms = 0;
+        // Splits of a (sequence, head): as many as fill one wave of the attention kernel (the
+        // CTAs the GPU holds at once), so a large batch neither merges many partial results
+        // nor leaves a short second wave (1,536 CTAs at batch 64 were 1.16 waves).
+        int sms = 0, per_sm = 0;
         STX_CUDA_CHECK(ctx_,
                        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx_->device));
+        if (void (*kernel)(AttnArgs<E>) = attention_kernel(d_.Dq, d_.Dv))
+            STX_CUDA_CHECK(ctx_, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
+                                                                               kAttnThreads, 0));
         const int64_t pairs = static_cast<int64_t>(B_) * d_.H;
+        const int64_t wave = static_cast<int64_t>(std::max(per_sm, 1)) * sms;
         grid_splits_ = static_cast<int32_t>(
-            std::min<int64_t>(max_splits_, std::max<int64_t>(1, (8 * sms + pairs - 1) / pairs)));
+            std::min<int64_t>(max_splits_, std::max<int64_t>(1, wave / pairs)));
         in_.allocate(ctx_, in_words());
         x_.allocate(ctx_, B * C);
         h_.allocate(ctx_, B * C);
@@ -755,15 +769,7 @@ private:
         a.max_splits = max_splits_;
         a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.Dq)));
         const dim3 grid(static_cast<unsigned>(B_ * d_.H), static_cast<unsigned>(grid_splits_));
-#define STX_DECODE_ATTN(DQ, DV)                                                                    \
-    if (d_.Dq == DQ && d_.Dv == DV)                                                                \
-        launch_kernel(decode_attention_kernel<E, DQ, DV>, grid, dim3(kAttnThreads), 0, pdl, a);
-        STX_DECODE_ATTN(32, 32)
-        STX_DECODE_ATTN(64, 64)
-        STX_DECODE_ATTN(128, 128)
-        STX_DECODE_ATTN(32, 64)
-        STX_DECODE_ATTN(64, 128)
-#undef STX_DECODE_ATTN
+        launch_kernel(attention_kernel(d_.Dq, d_.Dv), grid, dim3(kAttnThreads), 0, pdl, a);
         STX_LAUNCH_CHECK(ctx_, "decode_attention_kernel");
     }
 
@@ -819,6 +825,19 @@ private:
                                last ? kFinalLayerNormEps : kBlockLayerNormEps);
         }
         gemm(w_out_.data(), h_.data(), logits_.data(), STX_VOCAB, C);
+    }
+
+    // The attention kernel for these head dims (the dims the model config allows).
+    static void (*attention_kernel(int32_t Dq, int32_t Dv))(AttnArgs<E>) {
+#define STX_DECODE_ATTN(DQ, DV)                                                                    \
+    if (Dq == DQ && Dv == DV) return decode_attention_kernel<E, DQ, DV>;
+        STX_DECODE_ATTN(32, 32)
+        STX_DECODE_ATTN(64, 64)
+        STX_DECODE_ATTN(128, 128)
+        STX_DECODE_ATTN(32, 64)
+        STX_DECODE_ATTN(64, 128)
+#undef STX_DECODE_ATTN
+        return nullptr;
     }
 
     // Launches kernel on the context's stream; in the small-batch step on sm_90 with
