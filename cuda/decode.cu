@@ -216,9 +216,10 @@ __device__ __forceinline__ float block_reduce(float v, bool is_max, float *scrat
     return r;
 }
 
-template <typename E, int DQ, int DV>
-__global__ void __launch_bounds__(kAttnThreads, kAttnCtasPerSm)
-    decode_attention_kernel(AttnArgs<E> a) {
+// MIN_CTAS: kAttnCtasPerSm for large batches; 1 for the small-batch step, whose few CTAs gain
+// nothing from occupancy and lose ~3% to the spills the register cap causes (H100, batch 1).
+template <typename E, int DQ, int DV, int MIN_CTAS>
+__global__ void __launch_bounds__(kAttnThreads, MIN_CTAS) decode_attention_kernel(AttnArgs<E> a) {
     // Keys: kQChunks threads share a key row, a 16-byte chunk each, so a warp reads whole rows.
     // Values: a thread sums 16-byte chunks of the rows of every kLanes-th key of a tile, so
     // its loads are independent and all in flight; the key lanes are added at the end.
@@ -701,15 +702,13 @@ private:
             kcache_.back().allocate(ctx_, B * H * static_cast<size_t>(p.slots) * d_.Dq);
             vcache_.back().allocate(ctx_, B * H * static_cast<size_t>(p.slots) * d_.Dv);
         }
-        // Splits of a (sequence, head): enough CTAs to fill the GPU, not more, so a large
-        // batch merges few partial results.
         // Splits of a (sequence, head): as many as fill one wave of the attention kernel (the
         // CTAs the GPU holds at once), so a large batch neither merges many partial results
         // nor leaves a short second wave (1,536 CTAs at batch 64 were 1.16 waves).
         int sms = 0, per_sm = 0;
         STX_CUDA_CHECK(ctx_,
                        cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, ctx_->device));
-        if (void (*kernel)(AttnArgs<E>) = attention_kernel(d_.Dq, d_.Dv))
+        if (void (*kernel)(AttnArgs<E>) = attention_kernel())
             STX_CUDA_CHECK(ctx_, cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel,
                                                                                kAttnThreads, 0));
         const int64_t pairs = static_cast<int64_t>(B_) * d_.H;
@@ -769,7 +768,7 @@ private:
         a.max_splits = max_splits_;
         a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.Dq)));
         const dim3 grid(static_cast<unsigned>(B_ * d_.H), static_cast<unsigned>(grid_splits_));
-        launch_kernel(attention_kernel(d_.Dq, d_.Dv), grid, dim3(kAttnThreads), 0, pdl, a);
+        launch_kernel(attention_kernel(), grid, dim3(kAttnThreads), 0, pdl, a);
         STX_LAUNCH_CHECK(ctx_, "decode_attention_kernel");
     }
 
@@ -827,10 +826,14 @@ private:
         gemm(w_out_.data(), h_.data(), logits_.data(), STX_VOCAB, C);
     }
 
-    // The attention kernel for these head dims (the dims the model config allows).
-    static void (*attention_kernel(int32_t Dq, int32_t Dv))(AttnArgs<E>) {
+    // The attention kernel for the model's head dims (the dims the config allows) and batch.
+    void (*attention_kernel() const)(AttnArgs<E>) {
+        const int32_t Dq = d_.Dq, Dv = d_.Dv;
+        const bool small = small_batch();
 #define STX_DECODE_ATTN(DQ, DV)                                                                    \
-    if (Dq == DQ && Dv == DV) return decode_attention_kernel<E, DQ, DV>;
+    if (Dq == DQ && Dv == DV)                                                                      \
+        return small ? decode_attention_kernel<E, DQ, DV, 1>                                       \
+                     : decode_attention_kernel<E, DQ, DV, kAttnCtasPerSm>;
         STX_DECODE_ATTN(32, 32)
         STX_DECODE_ATTN(64, 64)
         STX_DECODE_ATTN(128, 128)
