@@ -77,8 +77,9 @@ int parse_int_list(const char *text, const char *option, long long min, long lon
 }
 
 void bench_preset_config(stx_config *cfg, const char *prog, const char *preset, int layers,
-                         int width, int heads, const char *pattern) {
+                         int width, int heads, int block, const char *pattern) {
     if (stx_config_preset(cfg, preset) != STX_OK) stx_cli_die(prog, "--preset");
+    if (block) cfg->block_size = block;
     if (layers) cfg->n_layer = layers;
     if (width) cfg->n_embd = width;
     if (heads) cfg->n_head = heads;
@@ -260,8 +261,8 @@ static stx_status time_steps(stx_model *m, const uint8_t *tokens, int32_t B, int
 
 static int bench_train(int argc, char **argv) {
     const char *preset = "enwik8";
-    int layers = 0, width = 0, heads = 0, ctx = 0, batch = 1, steps = 3, device_index = 0;
-    int recompute = -1, device = 1, precision = 1, csv = 0;
+    int layers = 0, width = 0, heads = 0, block = 0, ctx = 0, batch = 1, steps = 3;
+    int device_index = 0, recompute = -1, device = 1, precision = 1, csv = 0;
     const char *pattern = NULL;
     stx_cli_opt opts[] = {
         STX_OPT("preset", 0, STX_OPT_STRING, &preset, "enwik8",
@@ -269,6 +270,8 @@ static int bench_train(int argc, char **argv) {
         STX_OPT("layers", 0, STX_OPT_INT, &layers, "preset", "override n_layer"),
         STX_OPT("width", 0, STX_OPT_INT, &width, "preset", "override n_embd"),
         STX_OPT("heads", 0, STX_OPT_INT, &heads, "preset", "override n_head"),
+        STX_OPT("block", 0, STX_OPT_INT, &block, "preset",
+                "override the attention block size (64 or 128: Hopper's wgmma kernels)"),
         STX_OPT("ctx", 0, STX_OPT_INT, &ctx, "preset", "override n_ctx (one position axis)"),
         STX_OPT("pattern", 0, STX_OPT_STRING, &pattern, "preset", "override the pattern"),
         STX_OPT("recompute", 0, STX_OPT_INT, &recompute, "preset", "0 or 1"),
@@ -286,7 +289,7 @@ static int bench_train(int argc, char **argv) {
     int rc = stx_cli_parse(&cli, argc, argv, NULL, 0, NULL);
     if (rc != STX_CLI_CONTINUE) return rc;
     stx_config cfg;
-    bench_preset_config(&cfg, kProg, preset, layers, width, heads, pattern);
+    bench_preset_config(&cfg, kProg, preset, layers, width, heads, block, pattern);
     if (ctx) {
         cfg.n_ctx = ctx;
         cfg.n_pos_axes = 0;
@@ -319,20 +322,20 @@ static int bench_train(int argc, char **argv) {
     const double per_step = total / steps;
     const char *prec = cfg.precision == STX_PRECISION_BF16 ? "bf16" : "fp32";
     if (csv) {
-        printf("preset,layers,width,heads,params,pattern,n,batch,device,precision,recompute,steps,"
-               "step_ms,tokens_per_s,peak_bytes\n%s,%d,%d,%d,%lld,",
-               preset, cfg.n_layer, cfg.n_embd, cfg.n_head, (long long)n_params);
+        printf("preset,layers,width,heads,params,block,pattern,n,batch,device,precision,recompute,"
+               "steps,step_ms,tokens_per_s,peak_bytes\n%s,%d,%d,%d,%lld,%d,",
+               preset, cfg.n_layer, cfg.n_embd, cfg.n_head, (long long)n_params, cfg.block_size);
         csv_pattern(cfg.pattern);
         printf(",%d,%d,%s,%s,%d,%d,%.6g,%.6g,%lld\n", cfg.n_ctx, batch,
                cfg.backend == STX_BACKEND_CPU ? "cpu" : "cuda", prec, cfg.recompute, steps,
                1e3 * per_step, (double)n / per_step, (long long)peak);
     } else {
-        printf("| model | params | pattern | n | batch | precision | recompute | step ms | "
-               "tokens/s | peak memory GB |\n|---|---|---|---|---|---|---|---|---|---|\n");
-        printf("| %s %dL d%d %dH | %.1fM | %s | %d | %d | %s | %d | %.1f | %.0f | %.2f |\n", preset,
-               cfg.n_layer, cfg.n_embd, cfg.n_head, (double)n_params / 1e6, cfg.pattern, cfg.n_ctx,
-               batch, prec, cfg.recompute, 1e3 * per_step, (double)n / per_step,
-               (double)peak / 1e9);
+        printf("| model | params | pattern | block | n | batch | precision | recompute | step ms | "
+               "tokens/s | peak memory GB |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        printf("| %s %dL d%d %dH | %.1fM | %s | %d | %d | %d | %s | %d | %.1f | %.0f | %.2f |\n",
+               preset, cfg.n_layer, cfg.n_embd, cfg.n_head, (double)n_params / 1e6, cfg.pattern,
+               cfg.block_size, cfg.n_ctx, batch, prec, cfg.recompute, 1e3 * per_step,
+               (double)n / per_step, (double)peak / 1e9);
     }
     free(buf);
     free(tokens);
@@ -486,8 +489,8 @@ static int bench_long(int argc, char **argv) {
 
 static int bench_depth(int argc, char **argv) {
     const char *preset = "cifar10", *depths = "8,128", *pattern = NULL;
-    int width = 0, heads = 0, ctx = 0, batch = 16, runs = 1, device_index = 0, recompute = 1;
-    int device = 1, precision = 1;
+    int width = 0, heads = 0, block = 0, ctx = 0, batch = 16, runs = 1, device_index = 0;
+    int recompute = 1, device = 1, precision = 1;
     stx_cli_opt opts[] = {
         STX_OPT("preset", 0, STX_OPT_STRING, &preset, "cifar10",
                 "enwik8, cifar10, imagenet64 or tiny"),
@@ -495,6 +498,8 @@ static int bench_depth(int argc, char **argv) {
                 "depths, comma-separated; each is compared with the first"),
         STX_OPT("width", 0, STX_OPT_INT, &width, "preset", "override n_embd"),
         STX_OPT("heads", 0, STX_OPT_INT, &heads, "preset", "override n_head"),
+        STX_OPT("block", 0, STX_OPT_INT, &block, "preset",
+                "override the attention block size (64 or 128: Hopper's wgmma kernels)"),
         STX_OPT("ctx", 0, STX_OPT_INT, &ctx, "preset", "override n_ctx (one position axis)"),
         STX_OPT("pattern", 0, STX_OPT_STRING, &pattern, "preset", "override the pattern"),
         STX_OPT("batch", 0, STX_OPT_INT, &batch, "16", "sequences per step"),
@@ -518,7 +523,7 @@ static int bench_depth(int argc, char **argv) {
     long long depth[kMaxRows];
     const int count = parse_int_list(depths, "layers", 1, depth, kMaxRows);
     stx_config cfg;
-    bench_preset_config(&cfg, kProg, preset, 0, width, heads, pattern); /* depth: per row */
+    bench_preset_config(&cfg, kProg, preset, 0, width, heads, block, pattern); /* depth: per row */
     if (ctx) {
         cfg.n_ctx = ctx;
         cfg.n_pos_axes = 0;

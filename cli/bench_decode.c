@@ -132,14 +132,13 @@ int stx_bench_decode(int argc, char **argv) {
     int rc = stx_cli_parse(&cli, argc, argv, NULL, 0, NULL);
     if (rc != STX_CLI_CONTINUE) return rc;
     stx_config cfg;
-    bench_preset_config(&cfg, kDecodeProg, preset, layers, width, heads, pattern);
+    bench_preset_config(&cfg, kDecodeProg, preset, layers, width, heads, block, pattern);
     if (ctx) {
         cfg.n_ctx = ctx;
         cfg.n_pos_axes = ctx % 256 == 0 ? 2 : 0;
         cfg.pos_shape[0] = ctx / 256;
         cfg.pos_shape[1] = 256;
     }
-    if (block) cfg.block_size = block;
     cfg.dropout = 0.0f;
     bench_set_backend(&cfg, device, device_index, precision);
     long long bs[16], ps[16];

@@ -11,7 +11,7 @@ int parse_int_list(const char *text, const char *option, long long min, long lon
 /* The --preset config (exits 1 naming it if unknown) with the overrides every mode shares: a
  * zero number or a NULL pattern keeps the preset's. --ctx is each mode's own. bench.c. */
 void bench_preset_config(stx_config *cfg, const char *prog, const char *preset, int layers,
-                         int width, int heads, const char *pattern);
+                         int width, int heads, int block, const char *pattern);
 
 /* The --device (0 cpu, 1 cuda), --device-index and --precision (0 fp32, 1 bf16; cpu is always
  * fp32) choices into cfg. bench.c. */

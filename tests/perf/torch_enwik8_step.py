@@ -490,7 +490,8 @@ def main():
     print("| implementation | step ms | tokens/s | peak memory GB |")
     print("|---|---|---|---|")
     if ours:
-        print(f"| sparsetx bf16, recompute {ours.get('recompute', '?')} | {ours['step_ms']:.1f} | "
+        label = f"recompute {ours.get('recompute', '?')}, block {ours.get('block', '?')}"
+        print(f"| sparsetx bf16, {label} | {ours['step_ms']:.1f} | "
               f"{ours['tokens_per_s']:.0f} | {ours['peak_bytes'] / 1e9:.2f} |")
     if ms is not None:
         how = {"model": "compiled", "attention": "flex_attention compiled, rest eager",
