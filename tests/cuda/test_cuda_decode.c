@@ -21,21 +21,11 @@
 
 static void test_fp32_matches_forward(void **state) {
     (void)state;
-    const size_t n = sizeof kStxDecodeCases / sizeof kStxDecodeCases[0];
-    double worst = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        stx_model *m = stx_test_decode_model(&kStxDecodeCases[i], STX_BACKEND_CUDA,
-                                             STX_PRECISION_FP32, 11u + i);
-        char what[96];
-        snprintf(what, sizeof what, "cuda fp32 %s", kStxDecodeCases[i].pattern);
-        double e = stx_test_decode_check(m, 2, 0, 100u + i, 1e-5, what);
-        if (e > worst) worst = e;
-        e = stx_test_decode_check(m, 2, 21, 200u + i, 1e-5, what);
-        if (e > worst) worst = e;
-        stx_model_free(m);
-    }
-    printf("  %zu patterns, every position, steps and prefill: worst %.2e (bound 1e-5)\n", n,
-           worst);
+    const int32_t prefills[] = {0, 21};
+    const double worst = stx_test_decode_every_case(STX_BACKEND_CUDA, STX_PRECISION_FP32,
+                                                    "cuda fp32", 11, 2, prefills, 2, 100, 1e-5);
+    printf("  %zu patterns, every position, steps and prefill: worst %.2e (bound 1e-5)\n",
+           sizeof kStxDecodeCases / sizeof kStxDecodeCases[0], worst);
 }
 
 /* The same weights on both backends: the GPU decoder against the CPU decoder. */
@@ -74,18 +64,11 @@ static void test_fp32_matches_cpu(void **state) {
 
 static void test_bf16_matches_forward(void **state) {
     (void)state;
-    const size_t n = sizeof kStxDecodeCases / sizeof kStxDecodeCases[0];
-    double worst = 0.0;
-    for (size_t i = 0; i < n; ++i) {
-        stx_model *m = stx_test_decode_model(&kStxDecodeCases[i], STX_BACKEND_CUDA,
-                                             STX_PRECISION_BF16, 61u + i);
-        char what[96];
-        snprintf(what, sizeof what, "cuda bf16 %s", kStxDecodeCases[i].pattern);
-        const double e = stx_test_decode_check(m, 2, 13, 400u + i, 3e-2, what);
-        if (e > worst) worst = e;
-        stx_model_free(m);
-    }
-    printf("  %zu patterns in bf16: worst %.2e (bound 3e-2)\n", n, worst);
+    const int32_t prefills[] = {13};
+    const double worst = stx_test_decode_every_case(STX_BACKEND_CUDA, STX_PRECISION_BF16,
+                                                    "cuda bf16", 61, 2, prefills, 1, 400, 3e-2);
+    printf("  %zu patterns in bf16: worst %.2e (bound 3e-2)\n",
+           sizeof kStxDecodeCases / sizeof kStxDecodeCases[0], worst);
 }
 
 static void test_batch64(void **state) {
