@@ -552,13 +552,7 @@ public:
     }
 
     stx_status prefill(const uint8_t *tokens, int32_t n) override {
-        const stx_status st =
-            run_prefill(*model_, this, tokens, B_, n, [this](int32_t b0, int32_t nb, int32_t T) {
-                prefill_b0_ = b0;
-                prefill_nb_ = nb;
-                prefill_T_ = T;
-            });
-        prefill_T_ = 0;
+        const stx_status st = run_prefill(*model_, this, tokens, B_, n, &prefill_);
         if (st != STX_OK) return st;
         pos_ = n;
         return ctx_->err;
@@ -970,14 +964,14 @@ private:
     void keys_values(int32_t layer, const void *k, const void *v) override {
         if (!ctx_->ok()) return;
         const DecodePlan &p = plans_[static_cast<size_t>(layer)];
-        const dim3 grid(static_cast<unsigned>(prefill_T_),
-                        static_cast<unsigned>(prefill_nb_ * d_.H));
-        const size_t first = static_cast<size_t>(prefill_b0_) * d_.H * p.slots; // rows before
+        const dim3 grid(static_cast<unsigned>(prefill_.T),
+                        static_cast<unsigned>(prefill_.nb * d_.H));
+        const size_t first = static_cast<size_t>(prefill_.b0) * d_.H * p.slots; // rows before
         cache_fill_kernel<E><<<grid, 64, 0, ctx_->stream>>>(
             kcache_[static_cast<size_t>(layer)].data() + first * d_.Dq,
             vcache_[static_cast<size_t>(layer)].data() + first * d_.Dv,
             static_cast<const float *>(k), static_cast<const float *>(v),
-            heads_.data() + static_cast<size_t>(layer) * d_.H, p.slots, prefill_T_, d_.H, d_.Dq,
+            heads_.data() + static_cast<size_t>(layer) * d_.H, p.slots, prefill_.T, d_.H, d_.Dq,
             d_.Dv);
         STX_LAUNCH_CHECK(ctx_, "cache_fill_kernel");
     }
@@ -986,11 +980,11 @@ private:
         if (!ctx_->ok()) return;
         const size_t row = STX_VOCAB * sizeof(float);
         const float *last =
-            static_cast<const float *>(logits) + static_cast<size_t>(prefill_T_ - 1) * STX_VOCAB;
+            static_cast<const float *>(logits) + static_cast<size_t>(prefill_.T - 1) * STX_VOCAB;
         STX_CUDA_CHECK(
-            ctx_, cudaMemcpy2DAsync(logits_.data() + static_cast<size_t>(prefill_b0_) * STX_VOCAB,
-                                    row, last, row * static_cast<size_t>(prefill_T_), row,
-                                    static_cast<size_t>(prefill_nb_), cudaMemcpyDeviceToDevice,
+            ctx_, cudaMemcpy2DAsync(logits_.data() + static_cast<size_t>(prefill_.b0) * STX_VOCAB,
+                                    row, last, row * static_cast<size_t>(prefill_.T), row,
+                                    static_cast<size_t>(prefill_.nb), cudaMemcpyDeviceToDevice,
                                     ctx_->stream));
     }
 
@@ -1027,7 +1021,7 @@ private:
     int32_t grid_splits_ = 1; // splits launched (the kernel uses as many as it has tiles)
     bool pdl_ = false;        // programmatic dependent launch (compute capability 9 and above)
     int64_t pos_ = 0;
-    int32_t prefill_T_ = 0, prefill_b0_ = 0, prefill_nb_ = 0; // the forward running now
+    PrefillGroup prefill_; // the forward running now
 };
 
 } // namespace

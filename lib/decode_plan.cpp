@@ -87,29 +87,29 @@ stx_status build_decode_plans(const ModelSpec &spec, std::vector<DecodePlan> *ou
 }
 
 stx_status run_prefill(Backend &model, ForwardObserver *observer, const uint8_t *tokens, int32_t B,
-                       int32_t n,
-                       const std::function<void(int32_t b0, int32_t nb, int32_t T)> &group) {
+                       int32_t n, PrefillGroup *group) {
     const int32_t T = n + 1;
     const int32_t per_group = std::max(1, std::min(B, kPrefillRows / T));
     std::vector<uint8_t> window;
-    for (int32_t b0 = 0; b0 < B; b0 += per_group) {
+    stx_status st = STX_OK;
+    for (int32_t b0 = 0; b0 < B && st == STX_OK; b0 += per_group) {
         const int32_t nb = std::min(per_group, B - b0);
         window.assign(static_cast<size_t>(nb) * T, 0);
         for (int32_t b = 0; b < nb; ++b)
             std::copy(tokens + static_cast<size_t>(b0 + b) * n,
                       tokens + static_cast<size_t>(b0 + b + 1) * n,
                       window.begin() + static_cast<std::ptrdiff_t>(b) * T);
-        group(b0, nb, T);
+        *group = PrefillGroup{b0, nb, T};
         ForwardArgs args;
         args.tokens = window.data();
         args.B = nb;
         args.T = T;
         args.observer = observer;
         double loss = 0.0;
-        const stx_status st = model.forward(args, &loss);
-        if (st != STX_OK) return st;
+        st = model.forward(args, &loss);
     }
-    return STX_OK;
+    group->T = 0;
+    return st;
 }
 
 int64_t decode_state_bytes(const ModelSpec &spec, int32_t batch, int32_t elem_bytes) {

@@ -15,7 +15,6 @@
 // Everything here is STX_HD: the CPU decoder and the CUDA kernels share it.
 #pragma once
 #include <cstdint>
-#include <functional>
 #include <vector>
 
 #include "layout.h"
@@ -130,13 +129,18 @@ struct ModelSpec;
 class Backend;
 class ForwardObserver;
 
+// The group of sequences a decoder's prefill forward runs now: sequences b0 .. b0 + nb, each
+// T rows; T is 0 outside a prefill.
+struct PrefillGroup {
+    int32_t b0 = 0, nb = 0, T = 0;
+};
+
 // A decoder's prefill: tokens [B][n] go through `model`'s ordinary forward with `observer`, in
 // groups of sequences of at most kPrefillRows rows, each a forward of T = n + 1 rows (the last
-// row reads token n - 1; its own token is unused). group(b0, nb, T) runs before each forward:
-// the observer's calls that follow are about sequences b0 .. b0 + nb.
+// row reads token n - 1; its own token is unused). *group is set before each forward (the
+// observer's calls that follow are about its sequences) and cleared at the end.
 stx_status run_prefill(Backend &model, ForwardObserver *observer, const uint8_t *tokens, int32_t B,
-                       int32_t n,
-                       const std::function<void(int32_t b0, int32_t nb, int32_t T)> &group);
+                       int32_t n, PrefillGroup *group);
 
 // Plans of every layer of a model (layers sharing a layout share a plan's numbers).
 stx_status build_decode_plans(const ModelSpec &spec, std::vector<DecodePlan> *out);

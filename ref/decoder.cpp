@@ -52,13 +52,7 @@ public:
     }
 
     stx_status prefill(const uint8_t *tokens, int32_t n) override {
-        const stx_status st =
-            run_prefill(*model_, this, tokens, B_, n, [this](int32_t b0, int32_t nb, int32_t T) {
-                prefill_b0_ = b0;
-                prefill_nb_ = nb;
-                prefill_T_ = T;
-            });
-        prefill_T_ = 0;
+        const stx_status st = run_prefill(*model_, this, tokens, B_, n, &prefill_);
         if (st != STX_OK) return st;
         pos_ = n;
         return STX_OK;
@@ -215,19 +209,19 @@ private:
     // The prefill's forward, layer by layer: every row's key and value into the cache.
     void keys_values(int32_t layer, const void *k, const void *v) override {
         const S *kk = static_cast<const S *>(k), *vv = static_cast<const S *>(v);
-        const int64_t T = prefill_T_;
+        const int64_t T = prefill_.T;
         const int64_t row_k = T * d_.QK, row_v = T * d_.C; // stride between sequences
         for (int64_t t = 0; t < T; ++t)
-            cache_write(layer, t, prefill_b0_, prefill_nb_, kk + t * d_.QK, row_k, vv + t * d_.C,
+            cache_write(layer, t, prefill_.b0, prefill_.nb, kk + t * d_.QK, row_k, vv + t * d_.C,
                         row_v);
     }
 
     void logits(const void *logits) override {
         const S *all = static_cast<const S *>(logits);
-        for (int32_t b = 0; b < prefill_nb_; ++b)
-            std::copy(all + (static_cast<int64_t>(b) * prefill_T_ + prefill_T_ - 1) * STX_VOCAB,
-                      all + (static_cast<int64_t>(b) * prefill_T_ + prefill_T_) * STX_VOCAB,
-                      logits_.begin() + static_cast<size_t>(prefill_b0_ + b) * STX_VOCAB);
+        for (int32_t b = 0; b < prefill_.nb; ++b)
+            std::copy(all + (static_cast<int64_t>(b) * prefill_.T + prefill_.T - 1) * STX_VOCAB,
+                      all + (static_cast<int64_t>(b) * prefill_.T + prefill_.T) * STX_VOCAB,
+                      logits_.begin() + static_cast<size_t>(prefill_.b0 + b) * STX_VOCAB);
     }
 
     const ModelSpec *spec_;
@@ -240,7 +234,7 @@ private:
     std::vector<std::vector<S>> kcache_, vcache_; // per layer [B][H][slots][D]
     std::vector<S> x_, h_, mean_, rstd_, q_, k_, v_, att_, p_, x2_, f1_, g_, f2_, logits_;
     int64_t pos_ = 0;
-    int32_t prefill_T_ = 0, prefill_b0_ = 0, prefill_nb_ = 0; // the forward running now
+    PrefillGroup prefill_; // the forward running now
 };
 
 } // namespace
