@@ -389,6 +389,23 @@ template <typename E> struct GemvArgs {
     float *out;        // kOutRaw: [B][OC]; kOutResidual: the residual stream, += (acc + bias)
     E *out_e;          // kOutGelu: [B][OC]
     int32_t B, IC, OC;
+
+    // Host set-up after the input (CudaDecoder's layer_norm_input, rows_input): the weights
+    // [OC][IC] with their bias (or none), then the output.
+    GemvArgs &times(const E *weights, int32_t n_out, const float *b = nullptr) {
+        w = weights;
+        OC = n_out;
+        bias = b;
+        return *this;
+    }
+    GemvArgs &into(float *o) {
+        out = o;
+        return *this;
+    }
+    GemvArgs &gelu_into(E *o) {
+        out_e = o;
+        return *this;
+    }
 };
 
 template <typename E, int IN, int OUT>
@@ -870,6 +887,26 @@ private:
                d_.F % vec == 0;
     }
 
+    // The input of a fused GEMV: the LayerNorm (weights g, b) of the residual rows x_ ...
+    GemvArgs<E> layer_norm_input(int32_t g, int32_t b, double eps) const {
+        GemvArgs<E> a{};
+        a.B = B_;
+        a.x = x_.data();
+        a.eps = static_cast<float>(eps);
+        a.ln_g = param(g);
+        a.ln_b = param(b);
+        a.IC = d_.C;
+        return a;
+    }
+    // ... or E rows [B][IC] as they are.
+    GemvArgs<E> rows_input(const E *rows, int32_t IC) const {
+        GemvArgs<E> a{};
+        a.B = B_;
+        a.rows = rows;
+        a.IC = IC;
+        return a;
+    }
+
     // The step of the small-batch path: five kernels a layer.
     void record_small_step() {
         const ParamTable &pt = spec_->table;
@@ -877,60 +914,23 @@ private:
         for (int32_t l = 0; l < d_.L; ++l) {
             const LayerParams &lp = pt.layers[static_cast<size_t>(l)];
             const LayerWeights &w = weights_[static_cast<size_t>(l)];
-            GemvArgs<E> a{};
-            a.B = B_;
-            a.x = x_.data();
-            a.eps = static_cast<float>(kBlockLayerNormEps);
-            a.ln_g = param(lp.ln1_g);
-            a.ln_b = param(lp.ln1_b);
-            a.w = w.qkv.data();
-            a.out = qkv_.data(); // the attention kernel adds the biases
-            a.IC = C;
-            a.OC = 2 * QK + C;
-            gemv<kInLayerNorm, kOutRaw>(a);
+            // the attention kernel adds the qkv biases
+            gemv<kInLayerNorm, kOutRaw>(layer_norm_input(lp.ln1_g, lp.ln1_b, kBlockLayerNormEps)
+                                            .times(w.qkv.data(), 2 * QK + C)
+                                            .into(qkv_.data()));
             attention(l, true);
-            a = GemvArgs<E>{};
-            a.B = B_;
-            a.rows = att_.data();
-            a.w = w.proj.data();
-            a.bias = param(lp.proj_b);
-            a.out = x_.data();
-            a.IC = C;
-            a.OC = C;
-            gemv<kInRows, kOutResidual>(a);
-            a = GemvArgs<E>{};
-            a.B = B_;
-            a.x = x_.data();
-            a.eps = static_cast<float>(kBlockLayerNormEps);
-            a.ln_g = param(lp.ln2_g);
-            a.ln_b = param(lp.ln2_b);
-            a.w = w.w1.data();
-            a.bias = param(lp.b1);
-            a.out_e = g_.data();
-            a.IC = C;
-            a.OC = F;
-            gemv<kInLayerNorm, kOutGelu>(a);
-            a = GemvArgs<E>{};
-            a.B = B_;
-            a.rows = g_.data();
-            a.w = w.w2.data();
-            a.bias = param(lp.b2);
-            a.out = x_.data();
-            a.IC = F;
-            a.OC = C;
-            gemv<kInRows, kOutResidual>(a);
+            gemv<kInRows, kOutResidual>(rows_input(att_.data(), C)
+                                            .times(w.proj.data(), C, param(lp.proj_b))
+                                            .into(x_.data()));
+            gemv<kInLayerNorm, kOutGelu>(layer_norm_input(lp.ln2_g, lp.ln2_b, kBlockLayerNormEps)
+                                             .times(w.w1.data(), F, param(lp.b1))
+                                             .gelu_into(g_.data()));
+            gemv<kInRows, kOutResidual>(
+                rows_input(g_.data(), F).times(w.w2.data(), C, param(lp.b2)).into(x_.data()));
         }
-        GemvArgs<E> a{};
-        a.B = B_;
-        a.x = x_.data();
-        a.eps = static_cast<float>(kFinalLayerNormEps);
-        a.ln_g = param(pt.lnf_g);
-        a.ln_b = param(pt.lnf_b);
-        a.w = w_out_.data();
-        a.out = logits_.data();
-        a.IC = C;
-        a.OC = STX_VOCAB;
-        gemv<kInLayerNorm, kOutRaw>(a);
+        gemv<kInLayerNorm, kOutRaw>(layer_norm_input(pt.lnf_g, pt.lnf_b, kFinalLayerNormEps)
+                                        .times(w_out_.data(), STX_VOCAB)
+                                        .into(logits_.data()));
     }
 
     // Runs the step for position `row` (bytes: the byte fed at row - 1, one per sequence).
