@@ -173,6 +173,82 @@ __device__ __forceinline__ void load_rows(bf16 *tile, const bf16 *src, const Slo
     }
 }
 
+// The CTA's tile (find_work over the pass's block order; false: no work, or no row of the
+// tile holds a position) and its block's list, entries *e0 .. *e1 - 1 of the CSR list
+// (forward, dq) or, TRANSPOSED, of the transposed list (dk, dv).
+template <int TILE, bool TRANSPOSED>
+__device__ __forceinline__ bool find_list(const LayoutView &L, int32_t local_pass, int32_t B,
+                                          int32_t T, Work *w, int64_t *e0, int64_t *e1) {
+    if (!find_work<TILE>(L, local_pass, B, T, TRANSPOSED ? L.orderT : L.order, w)) return false;
+    if (!tile_has_rows<TILE>(*w)) return false;
+    const DevPass &P = L.passes[w->pg];
+    const int64_t *ptr = TRANSPOSED ? L.colT_ptr : L.row_ptr;
+    const int64_t off = TRANSPOSED ? P.colT_ptr_off : P.row_ptr_off;
+    *e0 = ptr[off + w->blk];
+    *e1 = ptr[off + w->blk + 1];
+    return true;
+}
+
+// The two-stage pipeline over n_chunks chunks, issue(t) filling stage t & 1 with cp.async.
+// first_stage: chunk 0 on its way (after what the CTA loaded for good, in one group).
+template <typename F> __device__ __forceinline__ void first_stage(int32_t n_chunks, F &&issue) {
+    if (n_chunks > 0) issue(0);
+    cp_async_commit();
+}
+// next_stage: chunk t landed for all threads, chunk t + 1 on its way into the other stage
+// (read at t - 1, free now); returns chunk t's stage.
+template <typename F>
+__device__ __forceinline__ int next_stage(int32_t t, int32_t n_chunks, F &&issue) {
+    cp_async_wait_all();
+    __syncthreads();
+    if (t + 1 < n_chunks) issue(t + 1);
+    cp_async_commit();
+    return t & 1;
+}
+
+// Chunk t of a CSR list (entries from e0, per chunks an entry) into stage t & 1 by NT threads:
+// keys (t % per) BN .. + BN - 1 of the (t / per)-th block of the list, their k rows into ks,
+// v rows into vs (16-key groups the entry never computes left out) and positions into kpos.
+template <int BN, int DQ, int DV, int NT>
+__device__ __forceinline__ void
+load_key_chunk(bf16 *ks, bf16 *vs, int32_t *kpos, const bf16 *k, const bf16 *v, const LayoutView &L,
+               const Work &w, int64_t e0, int32_t per, int64_t row0, int32_t H, int32_t t) {
+    constexpr int SQ = DQ + 8, SV = DV + 8;
+    const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
+    const uint32_t groups = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN).groups;
+    load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h, groups);
+    load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h, groups);
+    for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
+}
+
+// The positions of the two rows a thread holds (g and g + 8, g = lane / 4) of the 16 rows
+// from slot `first` (-1: none).
+__device__ __forceinline__ void row_pair_pos(const Slots &s, int32_t first, int lane,
+                                             int32_t (&pos)[2]) {
+    const int32_t row = first + (lane >> 2);
+    pos[0] = slot_pos32(s, row);
+    pos[1] = slot_pos32(s, row + 8);
+}
+
+// Zeros an accumulator of N fragments.
+template <int N> __device__ __forceinline__ void zero_acc(float (&acc)[N][4]) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
+// Adds scale x row r (0: g, 1: g + 8) of a 16 x 8N accumulator to the thread's columns of an
+// fp32 row (dst: its column (lane % 4) 2), a read-modify-write.
+template <int N>
+__device__ __forceinline__ void add_row(float *dst, const float (&acc)[N][4], int r, float scale) {
+#pragma unroll
+    for (int n = 0; n < N; ++n) {
+        float2 x = *reinterpret_cast<float2 *>(dst + n * 8);
+        x.x += scale * acc[n][2 * r];
+        x.y += scale * acc[n][2 * r + 1];
+        *reinterpret_cast<float2 *>(dst + n * 8) = x;
+    }
+}
+
 template <int DQ, int DV, int TILE> struct Shapes {
     static constexpr int NT = TILE * 2; // TILE / 16 warps
     // forward: MT m-tiles (16 rows each) a warp, FNT threads; the o accumulators of two tiles
@@ -212,41 +288,26 @@ __global__ void __launch_bounds__(Shapes<DQ, DV, TILE>::FNT, 1)
     int32_t *kpos = reinterpret_cast<int32_t *>(vs + 2 * BN * SV);
 
     Work w;
-    if (!find_work<TILE>(L, local_pass, B, T, L.order, &w)) return;
-    if (!tile_has_rows<TILE>(w)) return;
-    const DevPass &P = L.passes[w.pg];
-    const int64_t e0 = L.row_ptr[P.row_ptr_off + w.blk], e1 = L.row_ptr[P.row_ptr_off + w.blk + 1];
+    int64_t e0, e1;
+    if (!find_list<TILE, false>(L, local_pass, B, T, &w, &e0, &e1)) return;
     const int32_t per = L.bs / BN, H = L.n_head;
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T;
-
-    // Chunk t: keys (t % per) BN .. + BN - 1 of the (t / per)-th block of the list.
     auto issue = [&](int32_t t) {
-        const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
-        const uint32_t groups = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN).groups;
-        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h, groups);
-        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h, groups);
-        for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
+        load_key_chunk<BN, DQ, DV, NT>(ks, vs, kpos, k, v, L, w, e0, per, row0, H, t);
     };
     load_rows<TILE, DQ, NT>(qs, q, w.s, w.slot0, row0, H, w.h);
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
+    first_stage(n_chunks, issue);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     // m-tile mi of the warp: rows warp MT 16 + mi 16 + (g, g + 8)
     int32_t qp[MT][2];
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi) {
-        const int32_t row = w.slot0 + (warp * MT + mi) * 16 + (lane >> 2);
-        qp[mi][0] = slot_pos32(w.s, row);
-        qp[mi][1] = slot_pos32(w.s, row + 8);
-    }
+    for (int mi = 0; mi < MT; ++mi)
+        row_pair_pos(w.s, w.slot0 + (warp * MT + mi) * 16, lane, qp[mi]);
     float o[MT][DV / 8][4];
 #pragma unroll
-    for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-        for (int n = 0; n < DV / 8; ++n)
-            o[mi][n][0] = o[mi][n][1] = o[mi][n][2] = o[mi][n][3] = 0.0f;
+    for (int mi = 0; mi < MT; ++mi) zero_acc(o[mi]);
     float mrow[MT][2], lrow[MT][2]; // log2 units
 #pragma unroll
     for (int mi = 0; mi < MT; ++mi) {
@@ -255,20 +316,13 @@ __global__ void __launch_bounds__(Shapes<DQ, DV, TILE>::FNT, 1)
     }
 
     for (int32_t t = 0; t < n_chunks; ++t) {
-        cp_async_wait_all();
-        __syncthreads(); // stage t landed for all; stage t + 1 (read at t - 1) is free
-        if (t + 1 < n_chunks) issue(t + 1);
-        cp_async_commit();
-        const int st = t & 1;
+        const int st = next_stage(t, n_chunks, issue);
         const bf16 *kt = ks + st * BN * SQ, *vt = vs + st * BN * SV;
         const ChunkMask cm = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN);
         if (cm.groups == 0) continue; // the entry computes none of these keys
         float s[MT][BN / 8][4];
 #pragma unroll
-        for (int mi = 0; mi < MT; ++mi)
-#pragma unroll
-            for (int n = 0; n < BN / 8; ++n)
-                s[mi][n][0] = s[mi][n][1] = s[mi][n][2] = s[mi][n][3] = 0.0f;
+        for (int mi = 0; mi < MT; ++mi) zero_acc(s[mi]);
         mma_abt_m<MT, DQ, BN, SQ, SQ>(s, qs + warp * MT * 16 * SQ, kt, lane, cm.groups);
 #pragma unroll
         for (int mi = 0; mi < MT; ++mi) {
@@ -340,30 +394,21 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     int32_t *kpos = reinterpret_cast<int32_t *>(vs + 2 * BN * SV);
 
     Work w;
-    if (!find_work<TILE>(L, local_pass, B, T, L.order, &w)) return;
-    if (!tile_has_rows<TILE>(w)) return;
-    const DevPass &P = L.passes[w.pg];
-    const int64_t e0 = L.row_ptr[P.row_ptr_off + w.blk], e1 = L.row_ptr[P.row_ptr_off + w.blk + 1];
+    int64_t e0, e1;
+    if (!find_list<TILE, false>(L, local_pass, B, T, &w, &e0, &e1)) return;
     const int32_t per = L.bs / BN, H = L.n_head;
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T;
-
-    // Chunk t: keys (t % per) BN .. + BN - 1 of the (t / per)-th block of the list.
     auto issue = [&](int32_t t) {
-        const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
-        const uint32_t groups = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN).groups;
-        load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h, groups);
-        load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h, groups);
-        for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
+        load_key_chunk<BN, DQ, DV, NT>(ks, vs, kpos, k, v, L, w, e0, per, row0, H, t);
     };
     load_rows<TILE, DQ, NT>(qs, q, w.s, w.slot0, row0, H, w.h);
     load_rows<TILE, DV, NT>(dos, dout, w.s, w.slot0, row0, H, w.h);
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
+    first_stage(n_chunks, issue);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    int32_t qp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, qp);
     float lse2[2], dl[2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
@@ -372,23 +417,16 @@ __global__ void __launch_bounds__(TILE * 2, 1)
         dl[r] = qp[r] >= 0 ? delta[at] : 0.0f;
     }
     float acc[DQ / 8][4];
-#pragma unroll
-    for (int n = 0; n < DQ / 8; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    zero_acc(acc);
 
     for (int32_t t = 0; t < n_chunks; ++t) {
-        cp_async_wait_all();
-        __syncthreads();
-        if (t + 1 < n_chunks) issue(t + 1);
-        cp_async_commit();
-        const int st = t & 1;
+        const int st = next_stage(t, n_chunks, issue);
         const bf16 *kt = ks + st * BN * SQ, *vt = vs + st * BN * SV;
         const ChunkMask cm = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN);
         if (cm.groups == 0) continue; // the entry computes none of these keys
         float s[BN / 8][4], dp[BN / 8][4];
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) s[n][i] = dp[n][i] = 0.0f;
+        zero_acc(s);
+        zero_acc(dp);
         mma_abt<DQ, BN, SQ, SQ>(s, qs + warp * 16 * SQ, kt, lane, cm.groups);
         mask_scores<BN, true>(s, qp, kpos + st * BN, cm, 0u, scale_log2, L, w, lane);
         mma_abt<DV, BN, SV, SV>(dp, dos + warp * 16 * SV, vt, lane, cm.groups);
@@ -405,15 +443,8 @@ __global__ void __launch_bounds__(TILE * 2, 1)
 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        if (qp[r] < 0) continue;
-        float *dst = dq + ((row0 + qp[r]) * H + w.h) * DQ + (lane & 3) * 2;
-#pragma unroll
-        for (int n = 0; n < DQ / 8; ++n) {
-            float2 x = *reinterpret_cast<float2 *>(dst + n * 8);
-            x.x += scale * acc[n][2 * r];
-            x.y += scale * acc[n][2 * r + 1];
-            *reinterpret_cast<float2 *>(dst + n * 8) = x;
-        }
+        if (qp[r] >= 0)
+            add_row(dq + ((row0 + qp[r]) * H + w.h) * DQ + (lane & 3) * 2, acc, r, scale);
     }
 }
 
@@ -436,11 +467,8 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     float *dls = lse2s + 2 * BQ;
 
     Work w;
-    if (!find_work<TILE>(L, local_pass, B, T, L.orderT, &w)) return;
-    if (!tile_has_rows<TILE>(w)) return;
-    const DevPass &P = L.passes[w.pg];
-    const int64_t e0 = L.colT_ptr[P.colT_ptr_off + w.blk],
-                  e1 = L.colT_ptr[P.colT_ptr_off + w.blk + 1];
+    int64_t e0, e1;
+    if (!find_list<TILE, true>(L, local_pass, B, T, &w, &e0, &e1)) return;
     const int32_t per = L.bs / BQ, H = L.n_head;
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T,
@@ -467,24 +495,17 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     };
     load_rows<TILE, DQ, NT>(ks, k, w.s, w.slot0, row0, H, w.h);
     load_rows<TILE, DV, NT>(vs, v, w.s, w.slot0, row0, H, w.h);
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
+    first_stage(n_chunks, issue);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t kp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    int32_t kp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, kp);
     float dka[DQ / 8][4], dva[DV / 8][4];
-#pragma unroll
-    for (int n = 0; n < DQ / 8; ++n) dka[n][0] = dka[n][1] = dka[n][2] = dka[n][3] = 0.0f;
-#pragma unroll
-    for (int n = 0; n < DV / 8; ++n) dva[n][0] = dva[n][1] = dva[n][2] = dva[n][3] = 0.0f;
+    zero_acc(dka);
+    zero_acc(dva);
 
     for (int32_t t = 0; t < n_chunks; ++t) {
-        cp_async_wait_all();
-        __syncthreads();
-        if (t + 1 < n_chunks) issue(t + 1);
-        cp_async_commit();
-        const int st = t & 1;
+        const int st = next_stage(t, n_chunks, issue);
         const bf16 *qt = qs + st * BQ * SQ, *dot = dos + st * BQ * SV;
         const float *l2 = lse2s + st * BQ, *dlt = dls + st * BQ;
         const MaskDesc &md = L.masks[L.modeT[e0 + t / per]];
@@ -495,10 +516,8 @@ __global__ void __launch_bounds__(TILE * 2, 1)
                                (((md.cols[(ko + 8) >> 5] >> ((ko + 8) & 31)) & 1u) << 1);
         // transposed scores: rows are this warp's 16 keys, columns the BQ queries
         float s[BQ / 8][4], dp[BQ / 8][4];
-#pragma unroll
-        for (int n = 0; n < BQ / 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) s[n][i] = dp[n][i] = 0.0f;
+        zero_acc(s);
+        zero_acc(dp);
         mma_abt<DQ, BQ, SQ, SQ>(s, ks + warp * 16 * SQ, qt, lane);
         mask_scores<BQ, false>(s, kp, qpos + st * BQ, cm, rbits, scale_log2, L, w, lane);
 #pragma unroll
@@ -520,22 +539,8 @@ __global__ void __launch_bounds__(TILE * 2, 1)
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (kp[r] < 0) continue;
-        float *dkd = dk + ((row0 + kp[r]) * H + w.h) * DQ + (lane & 3) * 2;
-#pragma unroll
-        for (int n = 0; n < DQ / 8; ++n) {
-            float2 x = *reinterpret_cast<float2 *>(dkd + n * 8);
-            x.x += scale * dka[n][2 * r];
-            x.y += scale * dka[n][2 * r + 1];
-            *reinterpret_cast<float2 *>(dkd + n * 8) = x;
-        }
-        float *dvd = dv + ((row0 + kp[r]) * H + w.h) * DV + (lane & 3) * 2;
-#pragma unroll
-        for (int n = 0; n < DV / 8; ++n) {
-            float2 x = *reinterpret_cast<float2 *>(dvd + n * 8);
-            x.x += dva[n][2 * r];
-            x.y += dva[n][2 * r + 1];
-            *reinterpret_cast<float2 *>(dvd + n * 8) = x;
-        }
+        add_row(dk + ((row0 + kp[r]) * H + w.h) * DQ + (lane & 3) * 2, dka, r, scale);
+        add_row(dv + ((row0 + kp[r]) * H + w.h) * DV + (lane & 3) * 2, dva, r, 1.0f);
     }
 }
 
