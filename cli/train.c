@@ -51,9 +51,14 @@
 
 #include "common_args.h"
 #include "common_progress.h"
+#include "train_dist.h"
 
 #define PROG       "sparsetx-train"
 #define APP_FORMAT "sparsetx-train 1"
+
+/* The name errors carry: "sparsetx-train" alone, "sparsetx-train (rank R of W)" in a
+ * data-parallel run. */
+static char g_prog[64] = PROG;
 
 static const char *const kKindNames[] = {"bytes", "idx", "cifar", "wav"};
 static const char *const kPrecisionNames[] = {"fp32", "fp64", "bf16"};
@@ -103,6 +108,11 @@ typedef struct options {
     int eval_batches, sample_len, plain;
     int64_t max_bad_steps;
     int64_t memory_limit_mb; /* 0: none */
+    /* data parallel */
+    const char *rendezvous;
+    int grad_allreduce, bucket_layers;
+    int64_t check_weights_every;
+    double dist_timeout;
 } options;
 
 /* The model options: not allowed with --resume (the model comes from the checkpoint). */
@@ -151,7 +161,7 @@ static int app_i64(const char *text, const char *key, int64_t *out) {
     errno = 0;
     const long long v = strtoll(buf, &end, 10);
     if (end == buf || *end || errno)
-        stx_cli_fail(PROG, "checkpoint app_state: %s=%s is not a whole number", key, buf);
+        stx_cli_fail(g_prog, "checkpoint app_state: %s=%s is not a whole number", key, buf);
     *out = (int64_t)v;
     return 1;
 }
@@ -163,7 +173,7 @@ static int app_u64(const char *text, const char *key, uint64_t *out) {
     errno = 0;
     const unsigned long long v = strtoull(buf, &end, 10);
     if (end == buf || *end || errno || buf[0] == '-')
-        stx_cli_fail(PROG, "checkpoint app_state: %s=%s is not an unsigned number", key, buf);
+        stx_cli_fail(g_prog, "checkpoint app_state: %s=%s is not an unsigned number", key, buf);
     *out = (uint64_t)v;
     return 1;
 }
@@ -174,7 +184,7 @@ static int app_f64(const char *text, const char *key, double *out) {
     char *end = NULL;
     const double v = strtod(buf, &end);
     if (end == buf || *end || !isfinite(v))
-        stx_cli_fail(PROG, "checkpoint app_state: %s=%s is not a number", key, buf);
+        stx_cli_fail(g_prog, "checkpoint app_state: %s=%s is not a number", key, buf);
     *out = v;
     return 1;
 }
@@ -183,7 +193,7 @@ static int app_int(const char *text, const char *key, int *out) {
     int64_t v;
     if (!app_i64(text, key, &v)) return 0;
     if (v < INT_MIN || v > INT_MAX)
-        stx_cli_fail(PROG, "checkpoint app_state: %s=%" PRId64 " is out of range", key, v);
+        stx_cli_fail(g_prog, "checkpoint app_state: %s=%" PRId64 " is out of range", key, v);
     *out = (int)v;
     return 1;
 }
@@ -206,6 +216,10 @@ typedef struct run {
     uint8_t *eval_buf;     /* [batch, T] */
     int64_t skipped;       /* steps skipped for a non-finite loss or gradient norm, whole run */
     const char *ckpt_path; /* the last checkpoint written or resumed from (NULL: none) */
+    dist_env env;          /* rank and world size (world 1 when not data parallel) */
+    stx_dist *dist;        /* NULL when not data parallel */
+    int32_t local_batch;   /* the batch of this rank: --batch / world */
+    int32_t shard_first;   /* its first sequence in the global batch */
     int64_t ckpt_step;     /* its step */
 } run;
 
@@ -223,7 +237,7 @@ static uint64_t mix_seed(uint64_t x) {
 
 static void save_checkpoint(run *r, const char *path) {
     int64_t step = 0;
-    if (stx_model_get_step(r->model, &step) != STX_OK) stx_cli_die(PROG, "step");
+    if (stx_model_get_step(r->model, &step) != STX_OK) stx_cli_die(g_prog, "step");
     char state[8192];
     const options *o = &r->o;
     const int n = snprintf(
@@ -232,13 +246,14 @@ static void save_checkpoint(run *r, const char *path) {
         "\nstep=%" PRId64 "\nsteps=%" PRId64 "\nbatch=%d\nlr=%.17g\nmin_lr=%.17g\n"
         "warmup=%" PRId64 "\nclip=%.17g\nweight_decay=%.17g\neval_every=%" PRId64
         "\neval_batches=%d\nsave_every=%" PRId64 "\nlog_every=%" PRId64 "\nsample_every=%" PRId64
-        "\nsample_len=%d\nelapsed_s=%.3f\nmax_bad_steps=%" PRId64 "\nskipped_steps=%" PRId64 "\n",
+        "\nsample_len=%d\nelapsed_s=%.3f\nmax_bad_steps=%" PRId64 "\nskipped_steps=%" PRId64
+        "\nworld_size=%d\n",
         APP_FORMAT, r->data_path, r->log_path, kKindNames[o->kind], o->resample, r->rng, step,
         o->steps, o->batch, o->lr, o->min_lr, o->warmup, o->clip, o->weight_decay, o->eval_every,
         o->eval_batches, o->save_every, o->log_every, o->sample_every, o->sample_len, elapsed(r),
-        o->max_bad_steps, r->skipped);
-    if (n < 0 || n >= (int)sizeof state) stx_cli_fail(PROG, "app_state does not fit");
-    if (stx_model_save(r->model, path, state) != STX_OK) stx_cli_die(PROG, "save");
+        o->max_bad_steps, r->skipped, r->env.world);
+    if (n < 0 || n >= (int)sizeof state) stx_cli_fail(g_prog, "app_state does not fit");
+    if (stx_model_save(r->model, path, state) != STX_OK) stx_cli_die(g_prog, "save");
     r->ckpt_path = path;
     r->ckpt_step = step;
 }
@@ -255,17 +270,26 @@ static double validation_nats(run *r, int64_t *n_scored) {
     int64_t windows = len / T;
     const int64_t cap = (int64_t)r->o.eval_batches * r->o.batch;
     if (cap > 0 && windows > cap) windows = cap;
+    /* Data parallel: each rank scores a contiguous share of the windows; the sums are global. */
+    const int64_t w_begin = windows * r->env.rank / r->env.world;
+    const int64_t w_end = windows * (r->env.rank + 1) / r->env.world;
     double sum = 0.0;
-    for (int64_t w = 0; w < windows;) {
-        const int32_t nb = windows - w < r->o.batch ? (int32_t)(windows - w) : r->o.batch;
+    for (int64_t w = w_begin; w < w_end;) {
+        const int32_t nb = w_end - w < r->o.batch ? (int32_t)(w_end - w) : r->o.batch;
         const int64_t at = r->valid_begin + w * T;
         if (stx_dataset_read(r->data, at, r->eval_buf, (int64_t)nb * T) != STX_OK)
-            stx_cli_die(PROG, "read validation data");
+            stx_cli_die(g_prog, "read validation data");
         double loss = 0.0;
         if (stx_evaluate(r->model, r->eval_buf, nb, T, &loss) != STX_OK)
-            stx_cli_die(PROG, "evaluate");
+            stx_cli_die(g_prog, "evaluate");
         sum += loss * (double)nb * (double)T;
         w += nb;
+    }
+    if (r->dist) {
+        double total[1] = {sum};
+        if (stx_dist_allreduce(r->dist, total, 1, STX_REDUCE_SUM) != STX_OK)
+            stx_cli_die(g_prog, "validation (all-reduce)");
+        sum = total[0];
     }
     *n_scored = windows * T;
     return sum / (double)*n_scored;
@@ -276,14 +300,14 @@ static char *draw_sample(run *r, int64_t step) {
     const int32_t n = r->o.sample_len;
     uint8_t *out = malloc((size_t)n + 1);
     char *text = malloc((size_t)n + 1);
-    if (!out || !text) stx_cli_fail(PROG, "out of memory for a sample of %d bytes", n);
+    if (!out || !text) stx_cli_fail(g_prog, "out of memory for a sample of %d bytes", n);
     stx_sample_config sc;
     stx_sample_config_init(&sc);
     sc.seed = r->cfg.seed + (uint64_t)step;
     int32_t length = 0;
     uint8_t no_prompt = 0;
     if (stx_sample(r->model, &no_prompt, 0, n, 1, &sc, out, &length) != STX_OK)
-        stx_cli_die(PROG, "sample");
+        stx_cli_die(g_prog, "sample");
     for (int32_t i = 0; i < length; ++i) {
         const uint8_t c = out[i];
         text[i] = (char)((c >= 32 && c < 127) || c == '\n' || c == '\t' ? c : '.');
@@ -338,7 +362,7 @@ static void inject_parse(inject_list *list, const char *name) {
             ok = end != p && !errno && b >= a;
         }
         if (!ok || (*end && *end != ','))
-            stx_cli_fail(PROG, "%s: '%s' is not a list of steps like 5,6 or 5-30", name, text);
+            stx_cli_fail(g_prog, "%s: '%s' is not a list of steps like 5,6 or 5-30", name, text);
         list->first[list->n] = a;
         list->last[list->n] = b;
         ++list->n;
@@ -356,30 +380,77 @@ static int inject_at(const inject_list *list, int64_t attempt) {
 /* Set element 0 of a parameter (grad == 0) or of its gradient to NaN (a test hook). */
 static void inject_nan(run *r, const char *name, int grad) {
     int32_t count = 0;
-    if (stx_param_count(r->model, &count) != STX_OK) stx_cli_die(PROG, "inject");
+    if (stx_param_count(r->model, &count) != STX_OK) stx_cli_die(g_prog, "inject");
     for (int32_t i = 0; i < count; ++i) {
         const char *pname = NULL;
         int32_t ndim = 0;
         int64_t shape[STX_MAX_DIMS], numel = 1;
         if (stx_param_info(r->model, i, &pname, &ndim, shape) != STX_OK)
-            stx_cli_die(PROG, "inject");
+            stx_cli_die(g_prog, "inject");
         if (strcmp(pname, name) != 0) continue;
         for (int32_t d = 0; d < ndim; ++d) numel *= shape[d];
         float *v = malloc((size_t)numel * sizeof *v);
-        if (!v) stx_cli_fail(PROG, "out of memory");
+        if (!v) stx_cli_fail(g_prog, "out of memory");
         const stx_status st = grad
                                   ? stx_grad_read(r->model, name, STX_DTYPE_F32, v, (size_t)numel)
                                   : stx_param_read(r->model, name, STX_DTYPE_F32, v, (size_t)numel);
-        if (st != STX_OK) stx_cli_die(PROG, "inject");
+        if (st != STX_OK) stx_cli_die(g_prog, "inject");
         v[0] = NAN;
         const stx_status wt =
             grad ? stx_grad_write(r->model, name, STX_DTYPE_F32, v, (size_t)numel)
                  : stx_param_write(r->model, name, STX_DTYPE_F32, v, (size_t)numel);
-        if (wt != STX_OK) stx_cli_die(PROG, "inject");
+        if (wt != STX_OK) stx_cli_die(g_prog, "inject");
         free(v);
         return;
     }
-    stx_cli_fail(PROG, "inject: no parameter named %s", name);
+    stx_cli_fail(g_prog, "inject: no parameter named %s", name);
+}
+
+/* ---------------------------------------------------------------- data parallel */
+
+/* Stops every rank (each sees the same result) when the replicas' weights differ. */
+static void check_weights(run *r, int64_t step) {
+    uint64_t sum = 0;
+    int32_t equal = 0;
+    if (stx_dist_check_weights(r->dist, r->model, &sum, &equal) != STX_OK)
+        stx_cli_die(g_prog, "weight check");
+    if (!equal)
+        stx_cli_fail(g_prog,
+                     "the ranks' weights differ at step %" PRId64 " (this rank's checksum "
+                     "%016" PRIx64 "): the replicas drifted apart; stopping",
+                     step, sum);
+}
+
+/* Joins the communicator (rank 0 publishes its id in the rendezvous file, the others read it),
+ * attaches it to the model and checks that every rank starts from the same weights. */
+static void setup_dist(run *r) {
+    const options *o = &r->o;
+    stx_dist_id id;
+    const int world = r->env.world, rank = r->env.rank;
+    char err[600];
+    if (world > 1) {
+        if (rank == 0) {
+            if (stx_dist_unique_id(&id) != STX_OK) stx_cli_die(g_prog, "data parallel");
+            if (dist_rendezvous_publish(o->rendezvous, &id, err, sizeof err) != 0)
+                stx_cli_fail(g_prog, "%s", err);
+        } else if (dist_rendezvous_read(o->rendezvous, o->dist_timeout, &id, err, sizeof err) !=
+                   0) {
+            stx_cli_fail(g_prog, "%s", err);
+        }
+    }
+    const int32_t device = r->cfg.backend == STX_BACKEND_CUDA ? r->cfg.device : STX_DIST_CPU;
+    const stx_status st =
+        stx_dist_create(rank, world, world > 1 ? &id : NULL, device, o->dist_timeout, &r->dist);
+    if (world > 1 && rank == 0) unlink(o->rendezvous); /* everyone joined (or gave up) */
+    if (st != STX_OK) stx_cli_die(g_prog, "data parallel");
+    stx_dist_options dopt;
+    stx_dist_options_init(&dopt);
+    dopt.grads = o->grad_allreduce ? STX_DIST_GRADS_BF16 : STX_DIST_GRADS_FP32;
+    dopt.bucket_layers = o->bucket_layers;
+    if (stx_model_set_dist(r->model, r->dist, &dopt) != STX_OK ||
+        stx_model_set_dropout_offset(r->model, r->shard_first) != STX_OK)
+        stx_cli_die(g_prog, "data parallel");
+    check_weights(r, 0);
 }
 
 /* ---------------------------------------------------------------- setup */
@@ -387,10 +458,10 @@ static void inject_nan(run *r, const char *name, int grad) {
 /* The model config of a fresh run: preset (or the library's defaults), the dataset's record
  * shape for image kinds, then the explicit options. Usage errors return 2. */
 static int build_config(stx_cli *cli, const options *o, const stx_data_info *info,
-                        stx_config *cfg) {
+                        const dist_env *env, stx_config *cfg) {
     if (stx_cli_find(cli, "preset")->seen) {
         if (stx_config_preset(cfg, kPresetNames[o->preset]) != STX_OK)
-            stx_cli_die(PROG, "--preset");
+            stx_cli_die(g_prog, "--preset");
     } else {
         stx_config_init(cfg);
     }
@@ -441,7 +512,7 @@ static int build_config(stx_cli *cli, const options *o, const stx_data_info *inf
     if (stx_cli_find(cli, "seed")->seen) cfg->seed = o->seed;
     if (stx_cli_find(cli, "pattern")->seen) {
         if (strlen(o->pattern) >= STX_PATTERN_MAX)
-            stx_cli_fail(PROG, "--pattern: longer than %d characters", STX_PATTERN_MAX - 1);
+            stx_cli_fail(g_prog, "--pattern: longer than %d characters", STX_PATTERN_MAX - 1);
         strcpy(cfg->pattern, o->pattern);
     }
     cfg->n_threads = o->threads;
@@ -451,6 +522,8 @@ static int build_config(stx_cli *cli, const options *o, const stx_data_info *inf
                                    o->device);
     cfg->backend = backend;
     cfg->device = device;
+    /* Data parallel: each rank on GPU LOCAL_RANK unless --device names one. */
+    if (env->present && !strchr(o->device, ':')) cfg->device = env->local_rank;
     /* fp32 and auto on a machine without CUDA: keep auto; bf16 on auto needs CUDA: say so
      * through the library's message. */
     if (cfg->backend == STX_BACKEND_AUTO && cfg->precision == STX_PRECISION_BF16 &&
@@ -483,7 +556,7 @@ static void restore_settings(stx_cli *cli, options *o, const char *app) {
             int k = -1;
             for (int i = 0; i < 4; ++i)
                 if (!strcmp(kind, kKindNames[i])) k = i;
-            if (k < 0) stx_cli_fail(PROG, "checkpoint app_state: unknown data_kind=%s", kind);
+            if (k < 0) stx_cli_fail(g_prog, "checkpoint app_state: unknown data_kind=%s", kind);
             o->kind = k;
         }
     }
@@ -533,6 +606,9 @@ int main(int argc, char **argv) {
     o->recompute = 1;
     o->max_bad_steps = 20;
     o->memory_limit_mb = 0;
+    o->bucket_layers = 2;
+    o->check_weights_every = 100;
+    o->dist_timeout = 300.0;
 
     stx_cli_opt table[] = {
         STX_OPT("data", 0, STX_OPT_STRING, &o->data, "the positional DATA",
@@ -600,6 +676,20 @@ int main(int argc, char **argv) {
         STX_OPT("max-bad-steps", 0, STX_OPT_INT64, &o->max_bad_steps, "20",
                 "stop (exit 1, saving nothing) after N consecutive steps skipped for a "
                 "non-finite loss or gradient norm"),
+        STX_OPT("dist-rendezvous", 0, STX_OPT_STRING, &o->rendezvous,
+                "$STX_DIST_RENDEZVOUS (sparsetx-launch sets it)",
+                "data parallel: a file all ranks see, where rank 0 publishes the communicator id "
+                "(must not exist before the run); rank and world size come from RANK, "
+                "WORLD_SIZE, LOCAL_RANK or OMPI_COMM_WORLD_RANK, _SIZE, _LOCAL_RANK"),
+        STX_OPT_CHOICE("grad-allreduce", 0, &o->grad_allreduce, "fp32|bf16", "fp32",
+                       "data parallel: the precision gradients are all-reduced in"),
+        STX_OPT("bucket-layers", 0, STX_OPT_INT, &o->bucket_layers, "2",
+                "data parallel: blocks per gradient all-reduce (overlapped with the backward)"),
+        STX_OPT("check-weights-every", 0, STX_OPT_INT64, &o->check_weights_every, "100",
+                "data parallel: check that every rank holds the same weights every N steps "
+                "(and at the start); 0: only at the start"),
+        STX_OPT("dist-timeout", 0, STX_OPT_DOUBLE, &o->dist_timeout, "300",
+                "data parallel: seconds to wait for the other ranks before giving up"),
         STX_OPT("plain", 0, STX_OPT_FLAG, &o->plain, NULL,
                 "plain log lines even on a terminal (no progress bar)"),
         STX_OPT_END};
@@ -615,6 +705,35 @@ int main(int argc, char **argv) {
         return stx_cli_usage_error(&cli, "DATA given twice (positional and --data)");
     if (n_pos) o->data = positional[0];
 
+    /* -------------------------------------------------- data parallel: who we are */
+    char env_err[512];
+    if (dist_env_read(&r.env, env_err, sizeof env_err) != 0)
+        return stx_cli_usage_error(&cli, "%s", env_err);
+    if (!o->rendezvous && getenv("STX_DIST_RENDEZVOUS") && *getenv("STX_DIST_RENDEZVOUS"))
+        o->rendezvous = getenv("STX_DIST_RENDEZVOUS");
+    if (stx_cli_find(&cli, "dist-rendezvous")->seen && !r.env.present)
+        return stx_cli_usage_error(&cli, "--dist-rendezvous needs RANK and WORLD_SIZE (or "
+                                         "OMPI_COMM_WORLD_RANK and _SIZE) in the environment; "
+                                         "sparsetx-launch sets them");
+    if (r.env.world > 1 && !o->rendezvous)
+        return stx_cli_usage_error(&cli,
+                                   "WORLD_SIZE=%d: give --dist-rendezvous FILE (a file every rank "
+                                   "sees) or run under sparsetx-launch",
+                                   r.env.world);
+    if (o->bucket_layers < 1) return stx_cli_usage_error(&cli, "--bucket-layers must be >= 1");
+    if (o->check_weights_every < 0)
+        return stx_cli_usage_error(&cli, "--check-weights-every must be >= 0");
+    if (!(o->dist_timeout > 0.0)) return stx_cli_usage_error(&cli, "--dist-timeout must be > 0");
+    if (r.env.present) {
+        snprintf(g_prog, sizeof g_prog, PROG " (rank %d of %d)", r.env.rank, r.env.world);
+        if (r.env.rank > 0) {
+            /* One voice: rank 0 prints, logs and saves; the others only train. */
+            if (!freopen("/dev/null", "w", stdout))
+                stx_cli_fail(g_prog, "cannot silence stdout: %s", strerror(errno));
+            o->plain = 1;
+        }
+    }
+
     /* -------------------------------------------------- the model and its state */
     const char *app = "";
     int64_t step0 = 0;
@@ -629,10 +748,11 @@ int main(int argc, char **argv) {
         if (stx_cli_parse_device(o->device, &backend, &device) != 0)
             return stx_cli_usage_error(&cli, "--device: '%s' is not cpu, cuda, cuda:N or auto",
                                        o->device);
+        if (r.env.present && !strchr(o->device, ':')) device = r.env.local_rank;
         if (stx_model_load(o->resume, backend, device, &r.model) != STX_OK)
-            stx_cli_die(PROG, "resume");
-        if (stx_model_get_config(r.model, &r.cfg) != STX_OK) stx_cli_die(PROG, "config");
-        if (stx_model_get_step(r.model, &step0) != STX_OK) stx_cli_die(PROG, "step");
+            stx_cli_die(g_prog, "resume");
+        if (stx_model_get_config(r.model, &r.cfg) != STX_OK) stx_cli_die(g_prog, "config");
+        if (stx_model_get_step(r.model, &step0) != STX_OK) stx_cli_die(g_prog, "step");
         app = stx_model_app_state(r.model);
         restore_settings(&cli, o, app);
         if (!o->save) o->save = o->resume;
@@ -641,6 +761,14 @@ int main(int argc, char **argv) {
         stx_model_free(r.model);
         return rc;
     }
+    /* --batch is the global batch; this rank trains on its contiguous share. */
+    if (stx_shard_batch(o->batch, r.env.world, r.env.rank, &r.shard_first, &r.local_batch) !=
+        STX_OK) {
+        stx_model_free(r.model);
+        return stx_cli_usage_error(&cli, "--batch %d with %d ranks (%s): %s", o->batch, r.env.world,
+                                   r.env.source, stx_last_error());
+    }
+    if (r.env.rank > 0) o->save = NULL; /* rank 0 alone writes checkpoints */
 
     /* -------------------------------------------------- data */
     char app_data[4096] = "";
@@ -652,25 +780,25 @@ int main(int argc, char **argv) {
                                                    : "no DATA file given");
     }
     if (stx_dataset_open(o->data, (stx_data_kind)o->kind, o->resample, &r.data) != STX_OK)
-        stx_cli_die(PROG, "data");
+        stx_cli_die(g_prog, "data");
     stx_data_info info;
-    if (stx_dataset_info(r.data, &info) != STX_OK) stx_cli_die(PROG, "data");
+    if (stx_dataset_info(r.data, &info) != STX_OK) stx_cli_die(g_prog, "data");
     if (absolute_path(o->data, r.data_path, sizeof r.data_path) != 0)
-        stx_cli_fail(PROG, "data path is too long: %s", o->data);
+        stx_cli_fail(g_prog, "data path is too long: %s", o->data);
     if (strchr(r.data_path, '\n'))
-        stx_cli_fail(PROG, "data path contains a newline, which a checkpoint cannot record");
+        stx_cli_fail(g_prog, "data path contains a newline, which a checkpoint cannot record");
     if (stx_dataset_split(r.data, STX_SPLIT_TRAIN, &r.train_begin, &r.train_end) != STX_OK ||
         stx_dataset_split(r.data, STX_SPLIT_VALID, &r.valid_begin, &r.valid_end) != STX_OK)
-        stx_cli_die(PROG, "data split");
+        stx_cli_die(g_prog, "data split");
 
     /* -------------------------------------------------- a fresh model */
     if (!o->resume) {
-        if ((rc = build_config(&cli, o, &info, &r.cfg)) != STX_CLI_CONTINUE) {
+        if ((rc = build_config(&cli, o, &info, &r.env, &r.cfg)) != STX_CLI_CONTINUE) {
             stx_dataset_free(r.data);
             return rc;
         }
-        if (stx_model_create(&r.cfg, &r.model) != STX_OK) stx_cli_die(PROG, "model");
-        if (stx_model_get_config(r.model, &r.cfg) != STX_OK) stx_cli_die(PROG, "config");
+        if (stx_model_create(&r.cfg, &r.model) != STX_OK) stx_cli_die(g_prog, "model");
+        if (stx_model_get_config(r.model, &r.cfg) != STX_OK) stx_cli_die(g_prog, "config");
         r.rng = mix_seed(r.cfg.seed);
     } else {
         int64_t app_step = step0;
@@ -678,12 +806,12 @@ int main(int argc, char **argv) {
         app_i64(app, "step", &app_step);
         app_f64(app, "elapsed_s", &r.elapsed0);
         if (app_i64(app, "skipped_steps", &r.skipped) && r.skipped < 0)
-            stx_cli_fail(PROG, "checkpoint app_state: skipped_steps=%" PRId64 " is negative",
+            stx_cli_fail(g_prog, "checkpoint app_state: skipped_steps=%" PRId64 " is negative",
                          r.skipped);
         r.ckpt_path = o->resume;
         r.ckpt_step = step0;
         if (app_step != step0)
-            stx_cli_fail(PROG,
+            stx_cli_fail(g_prog,
                          "%s: app_state step=%" PRId64 " but the model is at step %" PRId64
                          " (the checkpoint is inconsistent)",
                          o->resume, app_step, step0);
@@ -696,17 +824,17 @@ int main(int argc, char **argv) {
         }
         if (stx_cli_find(&cli, "threads")->seen) {
             if (stx_model_set_threads(r.model, o->threads) != STX_OK)
-                stx_cli_die(PROG, "--threads");
+                stx_cli_die(g_prog, "--threads");
             r.cfg.n_threads = o->threads;
         }
     }
     if (o->memory_limit_mb < 0) return stx_cli_usage_error(&cli, "--memory-limit must be >= 0");
     if (o->memory_limit_mb > 0 &&
         stx_model_set_memory_limit(r.model, o->memory_limit_mb * 1024 * 1024) != STX_OK)
-        stx_cli_die(PROG, "--memory-limit");
+        stx_cli_die(g_prog, "--memory-limit");
     r.T = r.cfg.n_ctx;
     if (r.train_end - r.train_begin < r.T)
-        stx_cli_fail(PROG,
+        stx_cli_fail(g_prog,
                      "data: the train split of %s holds %" PRId64
                      " bytes, fewer than one window of n_ctx = %d (use a larger file or --ctx)",
                      o->data, r.train_end - r.train_begin, r.T);
@@ -719,32 +847,34 @@ int main(int argc, char **argv) {
     opt.total_steps = o->steps;
     opt.grad_clip = o->clip;
     opt.weight_decay = o->weight_decay;
-    if (stx_model_set_optimizer(r.model, &opt) != STX_OK) stx_cli_die(PROG, "optimizer");
+    if (stx_model_set_optimizer(r.model, &opt) != STX_OK) stx_cli_die(g_prog, "optimizer");
+    if (r.env.present) setup_dist(&r);
 
     const size_t window_bytes = (size_t)o->batch * (size_t)r.T;
     r.tokens = malloc(window_bytes);
     r.eval_buf = malloc(window_bytes);
     if (!r.tokens || !r.eval_buf)
-        stx_cli_fail(PROG, "out of memory for a batch of %d x %d bytes", o->batch, r.T);
+        stx_cli_fail(g_prog, "out of memory for a batch of %d x %d bytes", o->batch, r.T);
 
     char app_log[4096] = "";
     if (o->resume && !stx_cli_find(&cli, "log")->seen &&
         stx_cli_app_get(app, "log_path", app_log, sizeof app_log) && app_log[0])
         o->log = app_log;
     if (o->log && !o->log[0]) o->log = NULL;
+    if (r.env.rank > 0) o->log = NULL; /* rank 0 alone logs */
     if (o->log &&
         (absolute_path(o->log, r.log_path, sizeof r.log_path) != 0 || strchr(r.log_path, '\n')))
-        stx_cli_fail(PROG, "--log: the path is too long or holds a newline: %s", o->log);
+        stx_cli_fail(g_prog, "--log: the path is too long or holds a newline: %s", o->log);
     cli_jsonl jlog;
     cli_jsonl_none(&jlog);
     if (o->log && cli_jsonl_open(&jlog, o->log, o->resume != NULL) != 0)
-        stx_cli_fail(PROG, "--log: cannot open %s: %s", o->log, strerror(errno));
+        stx_cli_fail(g_prog, "--log: cannot open %s: %s", o->log, strerror(errno));
 
     /* A checkpoint that cannot be written should fail now, not after hours of training. */
     if (o->save) {
         char dir[4096];
         if (absolute_path(o->save, dir, sizeof dir) != 0)
-            stx_cli_fail(PROG, "--save: the path is too long: %s", o->save);
+            stx_cli_fail(g_prog, "--save: the path is too long: %s", o->save);
         char *slash = strrchr(dir, '/');
         if (slash == dir)
             slash[1] = '\0';
@@ -753,14 +883,16 @@ int main(int argc, char **argv) {
         /* access() alone is not enough: root may "write" into a regular file. */
         struct stat st;
         if (stat(dir, &st) != 0)
-            stx_cli_fail(PROG, "--save: cannot write a checkpoint in %s: %s", dir, strerror(errno));
+            stx_cli_fail(g_prog, "--save: cannot write a checkpoint in %s: %s", dir,
+                         strerror(errno));
         if (!S_ISDIR(st.st_mode))
-            stx_cli_fail(PROG, "--save: cannot write a checkpoint in %s: %s", dir,
+            stx_cli_fail(g_prog, "--save: cannot write a checkpoint in %s: %s", dir,
                          strerror(ENOTDIR));
         if (access(dir, W_OK) != 0)
-            stx_cli_fail(PROG, "--save: cannot write a checkpoint in %s: %s", dir, strerror(errno));
+            stx_cli_fail(g_prog, "--save: cannot write a checkpoint in %s: %s", dir,
+                         strerror(errno));
         if (stat(o->save, &st) == 0 && S_ISDIR(st.st_mode))
-            stx_cli_fail(PROG, "--save: %s is a directory, not a checkpoint file", o->save);
+            stx_cli_fail(g_prog, "--save: %s is a directory, not a checkpoint file", o->save);
     }
 
     /* -------------------------------------------------- the header */
@@ -786,6 +918,12 @@ int main(int argc, char **argv) {
            r.cfg.block_size, (double)r.cfg.dropout, n_params, backend_name(r.cfg.backend),
            kPrecisionNames[r.cfg.precision]);
     if (o->resume) printf("resumed: %s at step %" PRId64 "\n", o->resume, step0);
+    if (r.dist)
+        printf("data parallel: %d ranks (%s), %d sequences each of the global batch of %d; "
+               "gradients all-reduced in %s, %d blocks a group; weights checked every %" PRId64
+               " steps\n",
+               r.env.world, r.env.source, r.local_batch, o->batch,
+               o->grad_allreduce ? "bf16" : "fp32", o->bucket_layers, o->check_weights_every);
     printf("training: steps %" PRId64 " -> %" PRId64 ", batch %d x %d = %zu bytes a step, lr %g "
            "(warmup %" PRId64 ", cosine to %g), clip %g, weight decay %g\n",
            step0, o->steps, o->batch, r.T, window_bytes, o->lr, o->warmup, o->min_lr, o->clip,
@@ -809,32 +947,48 @@ int main(int argc, char **argv) {
     inject_parse(&inject_weight, "STX_TEST_INJECT_NAN_WEIGHT");
     const int injecting = inject_grad.n > 0 || inject_weight.n > 0;
     while (step < o->steps) {
-        if (stx_dataset_sample(r.data, r.train_begin, r.train_end, o->batch, r.T, &r.rng,
-                               r.tokens) != STX_OK)
-            stx_cli_die(PROG, "data sample");
+        /* A data-parallel rank draws the whole global batch's windows (so its generator stays
+         * the single-process one) and keeps its share. */
+        const stx_status drawn =
+            r.dist ? stx_dataset_sample_shard(r.data, r.train_begin, r.train_end, o->batch, r.T,
+                                              r.env.rank, r.env.world, &r.rng, r.tokens)
+                   : stx_dataset_sample(r.data, r.train_begin, r.train_end, o->batch, r.T, &r.rng,
+                                        r.tokens);
+        if (drawn != STX_OK) stx_cli_die(g_prog, "data sample");
         const int64_t attempt = step + r.skipped + 1; /* the test hooks' numbering */
         if (injecting && inject_at(&inject_weight, attempt)) inject_nan(&r, "ln_f.g", 0);
         const double t0 = cli_now();
         double loss = 0.0, lr = stx_optim_lr_at(&opt, step), norm = (double)NAN;
         char reason[64] = "";
-        if (stx_forward(r.model, r.tokens, o->batch, r.T, &loss) != STX_OK)
-            stx_cli_die(PROG, "forward");
+        if (stx_forward(r.model, r.tokens, r.local_batch, r.T, &loss) != STX_OK)
+            stx_cli_die(g_prog, "forward");
+        int stop_all = g_stop != 0;
+        if (r.dist) {
+            /* The global loss (the ranks' shares are equal, so the mean of their means) and
+             * a stop flag every rank sees at the same step: a skip or a Ctrl-C is decided
+             * together, never by one rank alone. */
+            double v[2] = {loss, g_stop ? 1.0 : 0.0};
+            if (stx_dist_allreduce(r.dist, v, 2, STX_REDUCE_SUM) != STX_OK)
+                stx_cli_die(g_prog, "loss (all-reduce)");
+            loss = v[0] / (double)r.env.world;
+            stop_all = v[1] > 0.0;
+        }
         if (!isfinite(loss)) {
             /* Only non-finite weights (or an overflow) give this: no backward, no update. */
             snprintf(reason, sizeof reason, "loss %s", nonfinite_name(loss));
         } else {
             if (stx_zero_grad(r.model) != STX_OK || stx_backward(r.model) != STX_OK)
-                stx_cli_die(PROG, "backward");
+                stx_cli_die(g_prog, "backward");
             if (injecting && inject_at(&inject_grad, attempt)) inject_nan(&r, "w_out", 1);
             const stx_status st = stx_optimizer_step(r.model, &lr, &norm);
             if (st == STX_STEP_SKIPPED)
                 snprintf(reason, sizeof reason, "gradient norm %s", nonfinite_name(norm));
             else if (st != STX_OK)
-                stx_cli_die(PROG, "optimizer");
+                stx_cli_die(g_prog, "optimizer");
         }
         interval_time += cli_now() - t0;
         ++interval_steps;
-        if (g_stop) interrupted = 1;
+        if (stop_all) interrupted = 1;
         if (reason[0]) {
             /* A skipped step: the model is as it was after the last good step. */
             ++r.skipped;
@@ -852,7 +1006,7 @@ int main(int argc, char **argv) {
             cli_jsonl_int(&jlog, "bad_in_row", bad_in_row);
             cli_jsonl_num(&jlog, "elapsed_s", elapsed(&r));
             if (cli_jsonl_end(&jlog) != 0)
-                stx_cli_fail(PROG, "--log: cannot write %s: %s", o->log, strerror(errno));
+                stx_cli_fail(g_prog, "--log: cannot write %s: %s", o->log, strerror(errno));
             cli_progress_clear(&bar);
             printf("step %" PRId64 "/%" PRId64 " | skipped: %s | %" PRId64 " in a row, %" PRId64
                    " in all\n",
@@ -877,6 +1031,7 @@ int main(int argc, char **argv) {
                 free(r.tokens);
                 free(r.eval_buf);
                 stx_model_free(r.model);
+                stx_dist_free(r.dist);
                 stx_dataset_free(r.data);
                 return 1;
             }
@@ -897,7 +1052,10 @@ int main(int argc, char **argv) {
             !interrupted && ((o->eval_every > 0 && step % o->eval_every == 0) || step == o->steps);
         const int do_log =
             step % o->log_every == 0 || step == step0 + 1 || step == o->steps || interrupted;
-        const int do_sample = !interrupted && o->sample_every > 0 && step % o->sample_every == 0;
+        const int do_sample =
+            !interrupted && r.env.rank == 0 && o->sample_every > 0 && step % o->sample_every == 0;
+        if (r.dist && o->check_weights_every > 0 && step % o->check_weights_every == 0)
+            check_weights(&r, step);
         double val_bpb = (double)NAN;
         if (do_eval) {
             int64_t n_val = 0;
@@ -922,7 +1080,7 @@ int main(int argc, char **argv) {
             cli_jsonl_num(&jlog, "elapsed_s", elapsed(&r));
             if (sample) cli_jsonl_str(&jlog, "sample", sample);
             if (cli_jsonl_end(&jlog) != 0)
-                stx_cli_fail(PROG, "--log: cannot write %s: %s", o->log, strerror(errno));
+                stx_cli_fail(g_prog, "--log: cannot write %s: %s", o->log, strerror(errno));
             interval_time = 0.0;
             interval_steps = 0;
         }
@@ -990,6 +1148,7 @@ int main(int argc, char **argv) {
     free(r.tokens);
     free(r.eval_buf);
     stx_model_free(r.model);
+    stx_dist_free(r.dist);
     stx_dataset_free(r.data);
     return 0;
 }

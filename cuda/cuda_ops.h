@@ -103,6 +103,8 @@ public:
     int64_t bytes_peak() const;
     void set_memory_limit(int64_t bytes);
     void synchronize() const;
+    // The context's cudaStream_t (every op runs on it), for work ordered after the ops.
+    void *native_stream() const;
 
     void embedding_forward(float *out, const uint8_t *tokens, const float *tok, const float *start,
                            const float *const *pos, const int32_t *pos_shape, int32_t n_axes,
@@ -122,9 +124,11 @@ public:
     void gelu_forward(float *out, const float *inp, int64_t n);
     void gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n);
     void residual_dropout_forward(float *out, const float *resid, const float *branch, int64_t n,
-                                  double p, uint64_t seed, uint32_t stream, uint64_t step);
+                                  double p, uint64_t seed, uint32_t stream, uint64_t step,
+                                  uint64_t index0 = 0);
     void residual_dropout_backward(float *dresid, float *dbranch, const float *dout, int64_t n,
-                                   double p, uint64_t seed, uint32_t stream, uint64_t step);
+                                   double p, uint64_t seed, uint32_t stream, uint64_t step,
+                                   uint64_t index0 = 0);
     void crossentropy_forward(float *losses, const float *logits, const uint8_t *targets, int64_t N,
                               int32_t V);
     void crossentropy_backward(float *dlogits, const float *logits, const uint8_t *targets,

@@ -66,57 +66,64 @@ __global__ void gelu_backward_kernel(float *dinp, const float *dout, const float
     STX_GRID_LOOP(i, n) dinp[i] = gelu_grad_add(dinp[i], dout[i], inp[i]);
 }
 
-// resid + drop(b) for element i.
+// resid + drop(b) for element i (index0 + i of the dropout stream: a shard's place in the
+// global batch).
 __device__ __forceinline__ float residual_dropout(float resid, float b, int64_t i, bool drop,
                                                   float inv_keep, uint64_t seed, uint32_t stream,
-                                                  uint64_t step, uint64_t threshold) {
+                                                  uint64_t step, uint64_t threshold,
+                                                  uint64_t index0) {
     if (drop)
-        b = dropout_keep(seed, stream, step, static_cast<uint64_t>(i), threshold) ? b * inv_keep
-                                                                                  : 0.0f;
+        b = dropout_keep(seed, stream, step, index0 + static_cast<uint64_t>(i), threshold)
+                ? b * inv_keep
+                : 0.0f;
     return resid + b;
 }
 
 __global__ void residual_dropout_forward_kernel(float *out, const float *resid, const float *branch,
                                                 int64_t n, bool drop, float inv_keep, uint64_t seed,
-                                                uint32_t stream, uint64_t step,
-                                                uint64_t threshold) {
+                                                uint32_t stream, uint64_t step, uint64_t threshold,
+                                                uint64_t index0) {
     if (aligned16(out) && aligned16(resid) && aligned16(branch)) {
         STX_GRID_LOOP(i, n / 4) {
             const float4 r = reinterpret_cast<const float4 *>(resid)[i];
             const float4 b = reinterpret_cast<const float4 *>(branch)[i];
             const int64_t e = 4 * i;
-            reinterpret_cast<float4 *>(out)[i] = make_float4(
-                residual_dropout(r.x, b.x, e, drop, inv_keep, seed, stream, step, threshold),
-                residual_dropout(r.y, b.y, e + 1, drop, inv_keep, seed, stream, step, threshold),
-                residual_dropout(r.z, b.z, e + 2, drop, inv_keep, seed, stream, step, threshold),
-                residual_dropout(r.w, b.w, e + 3, drop, inv_keep, seed, stream, step, threshold));
+            reinterpret_cast<float4 *>(out)[i] =
+                make_float4(residual_dropout(r.x, b.x, e, drop, inv_keep, seed, stream, step,
+                                             threshold, index0),
+                            residual_dropout(r.y, b.y, e + 1, drop, inv_keep, seed, stream, step,
+                                             threshold, index0),
+                            residual_dropout(r.z, b.z, e + 2, drop, inv_keep, seed, stream, step,
+                                             threshold, index0),
+                            residual_dropout(r.w, b.w, e + 3, drop, inv_keep, seed, stream, step,
+                                             threshold, index0));
         }
         STX_GRID_TAIL(i, n)
-        out[i] =
-            residual_dropout(resid[i], branch[i], i, drop, inv_keep, seed, stream, step, threshold);
+        out[i] = residual_dropout(resid[i], branch[i], i, drop, inv_keep, seed, stream, step,
+                                  threshold, index0);
         return;
     }
     STX_GRID_LOOP(i, n)
-    out[i] =
-        residual_dropout(resid[i], branch[i], i, drop, inv_keep, seed, stream, step, threshold);
+    out[i] = residual_dropout(resid[i], branch[i], i, drop, inv_keep, seed, stream, step, threshold,
+                              index0);
 }
 
 // dresid += g; dbranch += drop'(g) for element i.
 __device__ __forceinline__ void residual_dropout_grad(float &dresid, float &dbranch, float g,
                                                       int64_t i, bool drop, float inv_keep,
                                                       uint64_t seed, uint32_t stream, uint64_t step,
-                                                      uint64_t threshold) {
+                                                      uint64_t threshold, uint64_t index0) {
     dresid += g;
     if (!drop)
         dbranch += g;
-    else if (dropout_keep(seed, stream, step, static_cast<uint64_t>(i), threshold))
+    else if (dropout_keep(seed, stream, step, index0 + static_cast<uint64_t>(i), threshold))
         dbranch += g * inv_keep;
 }
 
 __global__ void residual_dropout_backward_kernel(float *dresid, float *dbranch, const float *dout,
                                                  int64_t n, bool drop, float inv_keep,
                                                  uint64_t seed, uint32_t stream, uint64_t step,
-                                                 uint64_t threshold) {
+                                                 uint64_t threshold, uint64_t index0) {
     // The float4 path holds both gradients in registers: only distinct buffers may take it.
     if (aligned16(dresid) && aligned16(dbranch) && aligned16(dout) && dresid != dbranch) {
         STX_GRID_LOOP(i, n / 4) {
@@ -124,24 +131,25 @@ __global__ void residual_dropout_backward_kernel(float *dresid, float *dbranch, 
             float4 r = reinterpret_cast<const float4 *>(dresid)[i];
             float4 b = reinterpret_cast<const float4 *>(dbranch)[i];
             const int64_t e = 4 * i;
-            residual_dropout_grad(r.x, b.x, g.x, e, drop, inv_keep, seed, stream, step, threshold);
+            residual_dropout_grad(r.x, b.x, g.x, e, drop, inv_keep, seed, stream, step, threshold,
+                                  index0);
             residual_dropout_grad(r.y, b.y, g.y, e + 1, drop, inv_keep, seed, stream, step,
-                                  threshold);
+                                  threshold, index0);
             residual_dropout_grad(r.z, b.z, g.z, e + 2, drop, inv_keep, seed, stream, step,
-                                  threshold);
+                                  threshold, index0);
             residual_dropout_grad(r.w, b.w, g.w, e + 3, drop, inv_keep, seed, stream, step,
-                                  threshold);
+                                  threshold, index0);
             reinterpret_cast<float4 *>(dresid)[i] = r;
             reinterpret_cast<float4 *>(dbranch)[i] = b;
         }
         STX_GRID_TAIL(i, n)
         residual_dropout_grad(dresid[i], dbranch[i], dout[i], i, drop, inv_keep, seed, stream, step,
-                              threshold);
+                              threshold, index0);
         return;
     }
     STX_GRID_LOOP(i, n)
     residual_dropout_grad(dresid[i], dbranch[i], dout[i], i, drop, inv_keep, seed, stream, step,
-                          threshold);
+                          threshold, index0);
 }
 
 __global__ void adamw_kernel(float *p, float *m, float *v, const float *g, int64_t n,
@@ -178,24 +186,25 @@ void CudaOps::gelu_backward(float *dinp, const float *dout, const float *inp, in
 
 void CudaOps::residual_dropout_forward(float *out, const float *resid, const float *branch,
                                        int64_t n, double p, uint64_t seed, uint32_t stream,
-                                       uint64_t step) {
+                                       uint64_t step, uint64_t index0) {
     if (!ctx_->ok() || n == 0) return;
     const bool drop = p > 0.0;
     const float inv_keep = drop ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f;
     residual_dropout_forward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0,
                                       ctx_->stream>>>(out, resid, branch, n, drop, inv_keep, seed,
-                                                      stream, step, dropout_threshold(p));
+                                                      stream, step, dropout_threshold(p), index0);
     STX_LAUNCH_CHECK(ctx_, "residual_dropout_forward_kernel");
 }
 
 void CudaOps::residual_dropout_backward(float *dresid, float *dbranch, const float *dout, int64_t n,
-                                        double p, uint64_t seed, uint32_t stream, uint64_t step) {
+                                        double p, uint64_t seed, uint32_t stream, uint64_t step,
+                                        uint64_t index0) {
     if (!ctx_->ok() || n == 0) return;
     const bool drop = p > 0.0;
     const float inv_keep = drop ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f;
     residual_dropout_backward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0,
-                                       ctx_->stream>>>(dresid, dbranch, dout, n, drop, inv_keep,
-                                                       seed, stream, step, dropout_threshold(p));
+                                       ctx_->stream>>>(
+        dresid, dbranch, dout, n, drop, inv_keep, seed, stream, step, dropout_threshold(p), index0);
     STX_LAUNCH_CHECK(ctx_, "residual_dropout_backward_kernel");
 }
 

@@ -241,6 +241,9 @@ void CudaOps::set_memory_limit(int64_t bytes) {
 void CudaOps::use_hopper_kernels(bool on) {
     ctx_->wgmma_off = !on;
 }
+void *CudaOps::native_stream() const {
+    return ctx_->stream;
+}
 void CudaOps::synchronize() const {
     if (ctx_->ok()) STX_CUDA_CHECK(ctx_, cudaStreamSynchronize(ctx_->stream));
 }

@@ -66,6 +66,7 @@ STX_API const char *stx_version_string(void);
 
 #define STX_FEATURE_CUDA   1u /* the CUDA backend was compiled in */
 #define STX_FEATURE_OPENMP 2u /* the CPU backend uses OpenMP threads */
+#define STX_FEATURE_NCCL   4u /* data parallel over several GPUs through NCCL (stx_dist_*) */
 /* Bit set of STX_FEATURE_* describing this build. */
 STX_API uint32_t stx_build_features(void);
 
@@ -82,6 +83,8 @@ typedef enum stx_status {
     STX_ERR_DEVICE = -7,           /* a CUDA error; the message has CUDA's text */
     STX_ERR_STATE = -8,            /* calls in the wrong order (backward before forward) */
     STX_ERR_INTERNAL = -9,         /* a bug in sparsetx; please report it */
+    STX_ERR_COMM = -10,            /* data parallel: a peer failed or did not answer within the
+                                      timeout; the communicator is aborted and unusable */
     STX_STEP_SKIPPED = 1,          /* stx_optimizer_step: the global gradient norm was not
                                       finite (NaN or Inf); nothing was changed */
     STX_STATUS_RANGE = 0x7fffffff  /* not a status: makes any int32 a valid value (FFI) */
@@ -309,6 +312,15 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
 STX_API stx_status stx_model_get_dropout_counter(const stx_model *model, uint64_t *counter);
 STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t counter);
 
+/* The dropout offset (default 0): the masks of a training stx_forward on B sequences are those
+ * sequences first_sequence .. first_sequence + B - 1 of a larger batch with the same T get
+ * (the mask of an element is keyed by its flat index in that batch, DESIGN.md). A
+ * data-parallel rank sets it to the first sequence of its shard (stx_shard_batch), so the
+ * ranks together draw the masks of a single process on the global batch. Kept until changed;
+ * not saved in checkpoints. STX_ERR_INVALID_ARGUMENT when negative. */
+STX_API stx_status stx_model_set_dropout_offset(stx_model *model, int64_t first_sequence);
+STX_API stx_status stx_model_get_dropout_offset(const stx_model *model, int64_t *first_sequence);
+
 /* Bound the backend memory the model may hold (as counted by stx_model_memory) to `bytes`;
  * 0 removes the bound. A call that would need more (a forward on a larger batch, the first
  * optimizer step's Adam moments) fails with STX_ERR_OUT_OF_MEMORY naming the bytes asked for,
@@ -497,6 +509,21 @@ STX_API stx_status stx_dataset_read(const stx_dataset *dataset, int64_t offset, 
 STX_API stx_status stx_dataset_sample(const stx_dataset *dataset, int64_t begin, int64_t end,
                                       int32_t B, int32_t T, uint64_t *rng, uint8_t *dst);
 
+/* The window starts (byte offsets) of the batch the next stx_dataset_sample with the same
+ * arguments would draw, offsets[B]; *rng advances exactly as that call's. */
+STX_API stx_status stx_dataset_sample_offsets(const stx_dataset *dataset, int64_t begin,
+                                              int64_t end, int32_t B, int32_t T, uint64_t *rng,
+                                              int64_t *offsets);
+
+/* A data-parallel rank's share of a training batch: of the global_batch windows stx_dataset_sample
+ * would draw (same state *rng), the contiguous share stx_shard_batch gives `rank`, dst
+ * [global_batch / world, T]. *rng advances as stx_dataset_sample's, so every rank keeps the
+ * generator state of a single process and the ranks together train on exactly its windows; world
+ * 1 gives stx_dataset_sample's bytes. Errors as stx_dataset_sample and stx_shard_batch. */
+STX_API stx_status stx_dataset_sample_shard(const stx_dataset *dataset, int64_t begin, int64_t end,
+                                            int32_t global_batch, int32_t T, int32_t rank,
+                                            int32_t world, uint64_t *rng, uint8_t *dst);
+
 /* Write 8-bit pixels (rows of width * channels bytes; channels 1 or 3) as a PNG file. */
 STX_API stx_status stx_png_write(const char *path, const uint8_t *pixels, int32_t width,
                                  int32_t height, int32_t channels);
@@ -581,6 +608,116 @@ STX_API stx_status stx_decoder_logits(const stx_decoder *decoder, stx_dtype dtyp
 STX_API stx_status stx_decoder_position(const stx_decoder *decoder, int32_t *position);
 /* Back to position 0, with the model's current weights and layouts. */
 STX_API stx_status stx_decoder_reset(stx_decoder *decoder);
+
+/* ---------------------------------------------------------------- data parallel */
+
+/* Data-parallel training runs one process per GPU (a rank). Each rank trains a copy of the
+ * model on its share of every global batch; the backward all-reduces the gradients (sum x 1/world,
+ * in groups of blocks as the backward finishes them, on a stream of its own, so communication
+ * overlaps the rest of the backward), and the optimizer step and its gradient-norm clipping then
+ * see the gradient of the whole global batch on every rank, so the weights stay identical. On the
+ * CUDA backend the transport is NCCL (several hosts work through NCCL's own sockets or
+ * InfiniBand, set up by its NCCL_* environment variables); on the CPU backend only a world of one
+ * rank exists (the same code path, with the identity for a transport), for tests and for tools
+ * that always go through it. A build without NCCL refuses CUDA communicators with
+ * STX_ERR_UNSUPPORTED ("built without NCCL"); stx_build_features() has STX_FEATURE_NCCL when it
+ * has it. A peer that fails or stops answering makes every blocking call below (and stx_backward
+ * of a model with a communicator) return STX_ERR_COMM on the other ranks within the timeout, never
+ * hang: the communicator is then aborted and every later call refused. */
+
+/* Shard arithmetic: rank `rank` of `world` trains on sequences [*first, *first + *count) of every
+ * global batch of global_batch sequences: count = global_batch / world, first = rank * count.
+ * STX_ERR_INVALID_ARGUMENT unless world >= 1, 0 <= rank < world and world divides global_batch
+ * (the message names the numbers). */
+STX_API stx_status stx_shard_batch(int32_t global_batch, int32_t world, int32_t rank,
+                                   int32_t *first, int32_t *count);
+
+#define STX_DIST_ID_BYTES 128
+#define STX_DIST_CPU      (-1) /* stx_dist_create's device for a CPU communicator */
+
+/* The meeting point of the ranks: rank 0 makes it (stx_dist_unique_id) and hands the same bytes
+ * to every other rank (a shared file, the launcher's environment, MPI): NCCL's unique id. */
+typedef struct stx_dist_id {
+    uint8_t bytes[STX_DIST_ID_BYTES];
+} stx_dist_id;
+
+typedef struct stx_dist stx_dist;
+
+/* A new id (rank 0 only; with NCCL this starts its bootstrap listener in this process).
+ * STX_ERR_UNSUPPORTED in a build without NCCL. */
+STX_API stx_status stx_dist_unique_id(stx_dist_id *id);
+
+/* Join a communicator of `world` ranks as `rank`, on CUDA device `device` (NCCL) or STX_DIST_CPU
+ * (world 1 only). Every rank passes the same id (NULL is allowed for world 1: no peers to meet).
+ * The join does not block without end: it gives up after timeout_s seconds (0: 300), which also
+ * bounds every later wait for the peers. Errors: STX_ERR_INVALID_ARGUMENT (rank outside
+ * [0, world), world < 1, a NULL id for world > 1, a negative or non-finite timeout, a device that
+ * is not there), STX_ERR_UNSUPPORTED (world > 1 on the CPU; CUDA without NCCL or without CUDA),
+ * STX_ERR_COMM (the peers did not all arrive in time, or NCCL failed: its message). */
+STX_API stx_status stx_dist_create(int32_t rank, int32_t world, const stx_dist_id *id,
+                                   int32_t device, double timeout_s, stx_dist **out);
+/* Frees the handle; the communicator itself goes when no model uses it any more. */
+STX_API void stx_dist_free(stx_dist *dist);
+/* Rank, world size and device (any pointer may be NULL). */
+STX_API stx_status stx_dist_info(const stx_dist *dist, int32_t *rank, int32_t *world,
+                                 int32_t *device);
+
+typedef enum stx_reduce_op {
+    STX_REDUCE_SUM = 0,
+    STX_REDUCE_MIN = 1,
+    STX_REDUCE_MAX = 2,
+    STX_REDUCE_RANGE = 0x7fffffff
+} stx_reduce_op;
+
+/* values[0 .. count) reduced over all ranks, in place, on the host (a global loss, token count,
+ * a stop flag). Every rank must call it with the same count and op. Blocking. */
+STX_API stx_status stx_dist_allreduce(stx_dist *dist, double *values, int32_t count,
+                                      stx_reduce_op op);
+
+typedef enum stx_dist_grads {
+    STX_DIST_GRADS_FP32 = 0, /* the gradients' own precision (fp32; fp64 for an fp64 CPU model) */
+    STX_DIST_GRADS_BF16 = 1, /* bf16 copies: half the bytes; the average is rounded to bf16 */
+    STX_DIST_GRADS_RANGE = 0x7fffffff
+} stx_dist_grads;
+
+typedef struct stx_dist_options {
+    int32_t grads;         /* stx_dist_grads (default STX_DIST_GRADS_FP32) */
+    int32_t bucket_layers; /* blocks per all-reduce group, >= 1 (default 2); the output layer goes
+                              with the last blocks, the embeddings with the first */
+} stx_dist_options;
+
+STX_API stx_status stx_dist_options_init_v(stx_dist_options *opt, size_t opt_size,
+                                           int32_t abi_version);
+#define stx_dist_options_init(opt) stx_dist_options_init_v((opt), sizeof *(opt), STX_ABI_VERSION)
+
+/* Train `model` data-parallel on `dist` (NULL: alone again; opt NULL: defaults): from now on each
+ * stx_backward all-reduces the gradients (the model keeps the communicator alive). The model's
+ * backend must be the communicator's: a CPU model with an STX_DIST_CPU communicator, a CUDA model
+ * on the communicator's device (STX_ERR_INVALID_ARGUMENT otherwise). Every rank must make the same
+ * calls in the same order (forward, backward, optimizer step) on models of the same config and
+ * weights (stx_dist_check_weights verifies), with batches of the same shape. Set the dropout offset
+ * (stx_model_set_dropout_offset) to the first sequence of the rank's shard. Micro-batches: the
+ * backward all-reduces everything accumulated since stx_zero_grad, so turn the reduction off for
+ * all micro-batches but the last (stx_model_set_grad_sync); a second reducing backward without an
+ * stx_zero_grad between is refused (STX_ERR_STATE), and so is an optimizer step on gradients that
+ * were not reduced. */
+STX_API stx_status stx_model_set_dist_v(stx_model *model, stx_dist *dist,
+                                        const stx_dist_options *opt, size_t opt_size,
+                                        int32_t abi_version);
+#define stx_model_set_dist(model, dist, opt)                                                       \
+    stx_model_set_dist_v((model), (dist), (opt), sizeof(stx_dist_options), STX_ABI_VERSION)
+
+/* Whether the next stx_backward calls all-reduce (1, the default) or only accumulate (0). */
+STX_API stx_status stx_model_set_grad_sync(stx_model *model, int32_t on);
+
+/* A 64-bit checksum (FNV-1a) of every parameter's value bits in table order, as fp32 (fp64 for an
+ * fp64 model): equal weights give equal checksums on any backend. */
+STX_API stx_status stx_model_weights_checksum(const stx_model *model, uint64_t *checksum);
+
+/* Whether the model's weights are identical on every rank: *checksum gets this rank's, *all_equal
+ * 1 when every rank has the same checksum, else 0. Collective: every rank calls it. */
+STX_API stx_status stx_dist_check_weights(stx_dist *dist, const stx_model *model,
+                                          uint64_t *checksum, int32_t *all_equal);
 
 #ifdef __cplusplus
 }

@@ -227,6 +227,9 @@ STX_API uint32_t stx_build_features(void) {
 #ifdef STX_HAVE_CUDA
     f |= STX_FEATURE_CUDA;
 #endif
+#ifdef STX_HAVE_NCCL
+    f |= STX_FEATURE_NCCL;
+#endif
 #ifdef _OPENMP
     f |= STX_FEATURE_OPENMP;
 #endif
@@ -374,6 +377,7 @@ static stx_status run_forward(stx_model *model, const char *fn, const uint8_t *t
         args.T = T;
         args.training = training;
         args.dropout_step = model->dropout_step;
+        args.dropout_sequence0 = model->dropout_sequence0;
         model->forward_ready = false;
         model->logits_ready = false;
         double loss = 0.0;
@@ -427,10 +431,29 @@ STX_API stx_status stx_backward(stx_model *model) {
         return fail(STX_ERR_STATE,
                     "stx_backward: no stx_forward since the weights last changed (an optimizer "
                     "step, a parameter write or an stx_evaluate needs a new forward)");
+    const bool reduce = model->dist && model->grad_sync_on;
+    if (model->dist && model->dist->broken())
+        return fail(STX_ERR_COMM, "stx_backward: the model's communicator was aborted after an "
+                                  "earlier failure (a peer failed or timed out)");
+    if (reduce && model->grads_reduced)
+        return fail(STX_ERR_STATE,
+                    "stx_backward: the gradients were already all-reduced by a backward since "
+                    "stx_zero_grad; accumulate micro-batches with stx_model_set_grad_sync(model, "
+                    "0) and reduce only on the last");
     return guarded("stx_backward", [&] {
         use_threads(model);
+        model->backend->set_grad_sync(reduce ? model->grad_sync.get() : nullptr);
         stx_status s = model->backend->backward();
-        if (s == STX_OK) model->grads_pending = true;
+        model->backend->set_grad_sync(nullptr);
+        if (s == STX_OK) {
+            model->grads_pending = true;
+            if (reduce) {
+                model->grads_reduced = true;
+                model->grads_local = false;
+            } else if (model->dist) {
+                model->grads_local = true;
+            }
+        }
         return s;
     });
 }
@@ -438,7 +461,11 @@ STX_API stx_status stx_backward(stx_model *model) {
 STX_API stx_status stx_zero_grad(stx_model *model) {
     stx_status st = check_model(model, "stx_zero_grad");
     if (st != STX_OK) return st;
-    return guarded("stx_zero_grad", [&] { return model->backend->zero_grad(); });
+    return guarded("stx_zero_grad", [&] {
+        stx_status s = model->backend->zero_grad();
+        if (s == STX_OK) model->grads_reduced = model->grads_local = false;
+        return s;
+    });
 }
 
 STX_API stx_status stx_model_set_optimizer_v(stx_model *model, const stx_optim_config *opt,
@@ -479,6 +506,11 @@ STX_API stx_status stx_optimizer_step(stx_model *model, double *lr_used, double 
     if (st != STX_OK) return st;
     if (!model->grads_pending)
         return fail(STX_ERR_STATE, "stx_optimizer_step: no stx_backward since the last step");
+    if (model->dist && (!model->grads_reduced || model->grads_local))
+        return fail(STX_ERR_STATE,
+                    "stx_optimizer_step: the model trains data-parallel but its gradients hold "
+                    "this rank's alone (the last stx_backward ran with stx_model_set_grad_sync "
+                    "off): the ranks' weights would drift apart");
     return guarded("stx_optimizer_step", [&] {
         use_threads(model);
         double norm = 0.0;
@@ -525,6 +557,27 @@ STX_API stx_status stx_model_set_dropout_counter(stx_model *model, uint64_t coun
     stx_status st = check_model(model, "stx_model_set_dropout_counter");
     if (st != STX_OK) return st;
     model->dropout_step = counter;
+    return STX_OK;
+}
+
+STX_API stx_status stx_model_set_dropout_offset(stx_model *model, int64_t first_sequence) {
+    stx_status st = check_model(model, "stx_model_set_dropout_offset");
+    if (st != STX_OK) return st;
+    if (first_sequence < 0)
+        return fail(STX_ERR_INVALID_ARGUMENT,
+                    "stx_model_set_dropout_offset: first_sequence (%lld) must be >= 0",
+                    static_cast<long long>(first_sequence));
+    model->dropout_sequence0 = first_sequence;
+    return STX_OK;
+}
+
+STX_API stx_status stx_model_get_dropout_offset(const stx_model *model, int64_t *first_sequence) {
+    stx_status st = check_model(model, "stx_model_get_dropout_offset");
+    if (st != STX_OK) return st;
+    if (!first_sequence)
+        return fail(STX_ERR_INVALID_ARGUMENT,
+                    "stx_model_get_dropout_offset: first_sequence is NULL");
+    *first_sequence = model->dropout_sequence0;
     return STX_OK;
 }
 

@@ -41,6 +41,9 @@ struct ForwardArgs {
     int32_t B = 0, T = 0;
     bool training = false;     // apply residual dropout
     uint64_t dropout_step = 0; // the counter of the dropout mask
+    // The dropout masks of sequence b are those of sequence dropout_sequence0 + b of a larger
+    // batch with the same T (a data-parallel rank's shard of the global batch); 0: a whole batch.
+    int64_t dropout_sequence0 = 0;
     ForwardObserver *observer = nullptr;
 };
 
@@ -71,6 +74,22 @@ template <typename S> struct DecoderSource {
     const S *params = nullptr;
 };
 
+// Gradient all-reduce across data-parallel ranks (lib/dist.cpp on the CPU, cuda/dist.cu with
+// NCCL), driven by the backward: ready() is called as soon as a contiguous range of the
+// gradient buffer is final (the output layer, then groups of blocks from the last to the first,
+// then the embeddings), so the reduction of a group overlaps the backward of the earlier blocks;
+// finish() returns once every range holds the average over the ranks (or with the failure).
+// Pointers are the backend's gradient buffer (host for ref/, device for cuda/); `stream` is
+// the backend's compute stream (a cudaStream_t on CUDA, nullptr on the CPU).
+class GradSync {
+public:
+    virtual ~GradSync() = default;
+    virtual void ready(void *grads, int64_t offset, int64_t count, void *stream) = 0;
+    virtual stx_status finish(void *stream) = 0;
+    // Blocks per all-reduce group (>= 1).
+    virtual int32_t bucket_layers() const = 0;
+};
+
 // Adam moments (AdamM, AdamV) read as zeros before the first optimizer step.
 enum class TensorKind { Param, Grad, AdamM, AdamV };
 
@@ -81,8 +100,11 @@ public:
     virtual stx_status forward(const ForwardArgs &args, double *loss_nats) = 0;
     // Logits of the last forward, [B, T, 256].
     virtual stx_status logits_read(stx_dtype dtype, void *dst) const = 0;
-    // Backward of the last forward's mean loss, added into the gradients.
+    // Backward of the last forward's mean loss, added into the gradients; with a GradSync set
+    // (set_grad_sync), the gradients are then all-reduced across the ranks.
     virtual stx_status backward() = 0;
+    // The all-reduce of the next backward calls (nullptr: none). The caller owns it.
+    virtual void set_grad_sync(GradSync *sync) = 0;
     virtual stx_status zero_grad() = 0;
     // Global L2 norm of all gradients.
     virtual stx_status grad_norm(double *norm) = 0;

@@ -39,7 +39,9 @@
 // longer one runs on into the next records; the usual case is T == record_size). The
 // generator is splitmix64 on the caller's state: state += 0x9E3779B97F4A7C15, z = mix(state);
 // a draw in [0, count) rejects z < 2^64 mod count and returns z mod count (unbiased). Windows
-// are drawn in order b = 0 .. B-1.
+// are drawn in order b = 0 .. B-1. A data-parallel rank (stx_dataset_sample_shard) draws all B
+// and keeps its contiguous share, so W ranks together train on exactly the windows one process
+// draws, and every rank's generator stays equal to that process's.
 #include <algorithm>
 #include <cerrno>
 #include <cinttypes>
@@ -680,12 +682,17 @@ STX_API stx_status stx_dataset_read(const stx_dataset *dataset, int64_t offset, 
     return STX_OK;
 }
 
-STX_API stx_status stx_dataset_sample(const stx_dataset *dataset, int64_t begin, int64_t end,
-                                      int32_t B, int32_t T, uint64_t *rng, uint8_t *dst) {
-    const char *fn = "stx_dataset_sample";
+} // extern "C"
+
+namespace {
+
+// The window starts of a batch: B draws in order b = 0 .. B-1 (stx_dataset_sample's rule), each
+// handed to emit(b, start). The generator advances only when every argument is valid.
+template <typename F>
+stx_status sample_starts(const stx_dataset *dataset, const char *fn, int64_t begin, int64_t end,
+                         int32_t B, int32_t T, uint64_t *rng, F &&emit) {
     if (stx_status s = check_dataset(dataset, fn)) return s;
     if (!rng) return fail(STX_ERR_INVALID_ARGUMENT, "%s: rng is NULL", fn);
-    if (!dst) return fail(STX_ERR_INVALID_ARGUMENT, "%s: dst is NULL", fn);
     if (B < 1) return fail(STX_ERR_INVALID_ARGUMENT, "%s: B (%d) must be at least 1", fn, B);
     if (T < 1) return fail(STX_ERR_INVALID_ARGUMENT, "%s: T (%d) must be at least 1", fn, T);
     const char *path = dataset->path.c_str();
@@ -713,12 +720,52 @@ STX_API stx_status stx_dataset_sample(const stx_dataset *dataset, int64_t begin,
                         static_cast<long long>(last), T);
     }
     const uint64_t count = static_cast<uint64_t>((last - first) / step) + 1;
-    for (int32_t b = 0; b < B; ++b) {
-        const int64_t start = first + static_cast<int64_t>(uniform_below(rng, count)) * step;
-        std::memcpy(dst + static_cast<size_t>(b) * static_cast<size_t>(T), dataset->data + start,
-                    static_cast<size_t>(T));
-    }
+    for (int32_t b = 0; b < B; ++b)
+        emit(b, first + static_cast<int64_t>(uniform_below(rng, count)) * step);
     return STX_OK;
+}
+
+// Windows [first, first + n) of a drawn batch into dst [n, T].
+stx_status copy_windows(const stx_dataset *dataset, const char *fn, int32_t B, int32_t T,
+                        int32_t first, int32_t n, uint64_t *rng, int64_t begin, int64_t end,
+                        uint8_t *dst) {
+    if (!dst) return fail(STX_ERR_INVALID_ARGUMENT, "%s: dst is NULL", fn);
+    return sample_starts(dataset, fn, begin, end, B, T, rng, [&](int32_t b, int64_t start) {
+        if (b >= first && b < first + n)
+            std::memcpy(dst + static_cast<size_t>(b - first) * static_cast<size_t>(T),
+                        dataset->data + start, static_cast<size_t>(T));
+    });
+}
+
+} // namespace
+
+extern "C" {
+
+STX_API stx_status stx_dataset_sample(const stx_dataset *dataset, int64_t begin, int64_t end,
+                                      int32_t B, int32_t T, uint64_t *rng, uint8_t *dst) {
+    if (stx_status s = check_dataset(dataset, "stx_dataset_sample")) return s;
+    return copy_windows(dataset, "stx_dataset_sample", B, T, 0, B, rng, begin, end, dst);
+}
+
+STX_API stx_status stx_dataset_sample_offsets(const stx_dataset *dataset, int64_t begin,
+                                              int64_t end, int32_t B, int32_t T, uint64_t *rng,
+                                              int64_t *offsets) {
+    const char *fn = "stx_dataset_sample_offsets";
+    if (stx_status s = check_dataset(dataset, fn)) return s;
+    if (!offsets) return fail(STX_ERR_INVALID_ARGUMENT, "%s: offsets is NULL", fn);
+    return sample_starts(dataset, fn, begin, end, B, T, rng,
+                         [&](int32_t b, int64_t start) { offsets[b] = start; });
+}
+
+STX_API stx_status stx_dataset_sample_shard(const stx_dataset *dataset, int64_t begin, int64_t end,
+                                            int32_t global_batch, int32_t T, int32_t rank,
+                                            int32_t world, uint64_t *rng, uint8_t *dst) {
+    const char *fn = "stx_dataset_sample_shard";
+    if (stx_status s = check_dataset(dataset, fn)) return s;
+    int32_t first = 0, n = 0;
+    if (stx_shard_batch(global_batch, world, rank, &first, &n) != STX_OK)
+        return stx::fail_context(STX_ERR_INVALID_ARGUMENT, fn);
+    return copy_windows(dataset, fn, global_batch, T, first, n, rng, begin, end, dst);
 }
 
 } // extern "C"

@@ -71,6 +71,8 @@ STX_API const char *stx_status_string(stx_status status) {
         return "call out of order";
     case STX_ERR_INTERNAL:
         return "internal error";
+    case STX_ERR_COMM:
+        return "a data-parallel peer failed or timed out";
     case STX_STEP_SKIPPED:
         return "step skipped: non-finite gradients";
     case STX_STATUS_RANGE:

@@ -7,6 +7,7 @@
 
 #include "backend.h"
 #include "config.h"
+#include "dist.h"
 #include "error.h"
 #include "layout.h"
 #include "params.h"
@@ -19,8 +20,16 @@ struct stx_model {
     stx::ParamTable table;
     std::unique_ptr<stx::Backend> backend;
     stx_optim_config optim;
-    int64_t step = 0;          // optimizer steps taken
-    uint64_t dropout_step = 0; // training forwards run (the dropout counter)
+    int64_t step = 0;              // optimizer steps taken
+    uint64_t dropout_step = 0;     // training forwards run (the dropout counter)
+    int64_t dropout_sequence0 = 0; // stx_model_set_dropout_offset
+    // Data parallel (lib/dist.cpp): the communicator's transport (kept alive while the model
+    // uses it) and the all-reduce the backward drives; grad_sync_on: the next backward reduces;
+    // grads_reduced: a reducing backward ran since stx_zero_grad; grads_local: a backward ran
+    // without reducing since then.
+    std::shared_ptr<stx::Transport> dist;
+    std::unique_ptr<stx::GradSync> grad_sync;
+    bool grad_sync_on = true, grads_reduced = false, grads_local = false;
     bool training = true;
     bool forward_ready = false; // activations of a training forward are in place
     bool logits_ready = false;  // logits of the last forward or evaluate are in place

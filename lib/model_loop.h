@@ -15,9 +15,9 @@
 // written from then on only by copy_in, zero and adamw_update, so a backend may keep derived
 // copies of it); zero(Buffer&); upload_bytes(Bytes&, host, n);
 // copy_in(Scalar *dst, n, dtype, host src) and copy_out(src, n, dtype, host dst); mean(x, n)
-// and sum_squares(x, n) in double; status(); bytes_in_use(), bytes_peak() and
-// set_memory_limit(bytes); and every op of ref/ops.h under the same name with the same arguments
-// (device pointers where the backend is a device).
+// and sum_squares(x, n) in double; status(); native_stream() (a cudaStream_t, or nullptr);
+// bytes_in_use(), bytes_peak() and set_memory_limit(bytes); and every op of ref/ops.h under the
+// same name with the same arguments (device pointers where the backend is a device).
 #pragma once
 #include <algorithm>
 #include <cmath>
@@ -64,6 +64,8 @@ public:
         ops_.upload_bytes(tokens_, args.tokens, static_cast<size_t>(args.B) * args.T);
         training_ = args.training;
         dropout_step_ = args.dropout_step;
+        dropout_index0_ = static_cast<uint64_t>(args.dropout_sequence0) *
+                          static_cast<uint64_t>(args.T) * static_cast<uint64_t>(d_.C);
         const int64_t N = rows();
         const ParamTable &pt = spec_.table;
         std::vector<const S *> pos;
@@ -102,16 +104,33 @@ public:
         ops_.layernorm_backward(dx_.data(), grad(pt.lnf_g), grad(pt.lnf_b), dhf_.data(),
                                 stream(d_.L), param(pt.lnf_g), meanf_.data(), rstdf_.data(), N,
                                 d_.C);
+        // The parameter table is laid out embeddings, blocks 0..L-1, final LayerNorm and W_out,
+        // and the backward fills it from the end: each group of blocks (with the output layer in
+        // the first group) is a contiguous range, final once its last block is done.
+        int64_t pending_end = static_cast<int64_t>(grads_.size());
+        const int32_t group = sync_ ? sync_->bucket_layers() : 0;
         for (int32_t l = d_.L - 1; l >= 0; --l) {
             if (spec_.cfg.recompute) block_forward(l, acts(l), stream(l), stream(l + 1));
             block_backward(l, acts(l), stream(l));
+            if (sync_ && l > 0 && (d_.L - l) % group == 0) {
+                const int64_t begin = static_cast<int64_t>(offset(pt.layers[l].ln1_g));
+                sync_->ready(grads_.data(), begin, pending_end - begin, ops_.native_stream());
+                pending_end = begin;
+            }
         }
         std::vector<S *> dpos;
         for (int32_t t : pt.pos_emb) dpos.push_back(grad(t));
         ops_.embedding_backward(grad(pt.tok_emb), grad(pt.start), dpos.data(), dx_.data(),
                                 tokens_.data(), d_.pos_shape, d_.n_axes, B_, T_, d_.C);
+        if (sync_ && ops_.status() == STX_OK) {
+            sync_->ready(grads_.data(), 0, pending_end, ops_.native_stream());
+            const stx_status s = sync_->finish(ops_.native_stream());
+            if (s != STX_OK) return s;
+        }
         return ops_.status();
     }
+
+    void set_grad_sync(GradSync *sync) override { sync_ = sync; }
 
     stx_status zero_grad() override {
         ops_.zero(grads_);
@@ -258,14 +277,14 @@ private:
                                layout(l), B_, T_, d_.Dq, d_.Dv, scale());
         ops_.linear_forward(a.p.data(), a.att.data(), param(lp.proj_w), param(lp.proj_b), N, C, C);
         ops_.residual_dropout_forward(a.x2.data(), x, a.p.data(), N * C, dropout_p(), seed,
-                                      dropout_stream(l, 0), dropout_step_);
+                                      dropout_stream(l, 0), dropout_step_, dropout_index0_);
         ops_.layernorm_forward(a.h2.data(), a.mean2.data(), a.rstd2.data(), a.x2.data(),
                                param(lp.ln2_g), param(lp.ln2_b), N, C, kBlockLayerNormEps);
         ops_.linear_forward(a.f1.data(), a.h2.data(), param(lp.w1), param(lp.b1), N, C, d_.F);
         ops_.gelu_forward(a.g.data(), a.f1.data(), N * d_.F);
         ops_.linear_forward(a.f2.data(), a.g.data(), param(lp.w2), param(lp.b2), N, d_.F, C);
         ops_.residual_dropout_forward(x_out, a.x2.data(), a.f2.data(), N * C, dropout_p(), seed,
-                                      dropout_stream(l, 1), dropout_step_);
+                                      dropout_stream(l, 1), dropout_step_, dropout_index0_);
     }
 
     // dx_ holds the gradient of block l's output on entry and of its input on return.
@@ -277,7 +296,7 @@ private:
         ops_.zero(dx2_);
         ops_.zero(df2_);
         ops_.residual_dropout_backward(dx2_.data(), df2_.data(), dx_.data(), N * C, dropout_p(),
-                                       seed, dropout_stream(l, 1), dropout_step_);
+                                       seed, dropout_stream(l, 1), dropout_step_, dropout_index0_);
         ops_.zero(dg_);
         ops_.linear_backward(dg_.data(), grad(lp.w2), grad(lp.b2), df2_.data(), a.g.data(),
                              param(lp.w2), N, d_.F, C);
@@ -291,7 +310,7 @@ private:
         ops_.zero(dxo_);
         ops_.zero(dp_);
         ops_.residual_dropout_backward(dxo_.data(), dp_.data(), dx2_.data(), N * C, dropout_p(),
-                                       seed, dropout_stream(l, 0), dropout_step_);
+                                       seed, dropout_stream(l, 0), dropout_step_, dropout_index0_);
         ops_.zero(datt_);
         ops_.linear_backward(datt_.data(), grad(lp.proj_w), grad(lp.proj_b), dp_.data(),
                              a.att.data(), param(lp.proj_w), N, C, C);
@@ -323,7 +342,8 @@ private:
     int32_t B_ = 0, T_ = 0;
     typename Ops::Bytes tokens_;
     bool training_ = false;
-    uint64_t dropout_step_ = 0;
+    uint64_t dropout_step_ = 0, dropout_index0_ = 0;
+    GradSync *sync_ = nullptr;
     Buf xs_; // residual stream at every block boundary, (L+1) x N x C
     std::vector<BlockActs> acts_;
     Buf hf_, meanf_, rstdf_, logits_, losses_;

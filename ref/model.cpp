@@ -64,6 +64,7 @@ template <typename S> struct RefOps {
     }
     double sum_squares(const S *x, int64_t n) const { return ref::sum_squares(x, n); }
     stx_status status() const { return STX_OK; }
+    void *native_stream() const { return nullptr; } // host work is done when an op returns
     int64_t bytes_in_use() const { return in_use_; }
     int64_t bytes_peak() const { return peak_; }
     void set_memory_limit(int64_t bytes) { limit_ = bytes; }

@@ -54,14 +54,15 @@ template <typename S> void gelu_forward(S *out, const S *inp, int64_t n);
 template <typename S> void gelu_backward(S *dinp, const S *dout, const S *inp, int64_t n);
 
 // Residual + dropout: out = resid + mask * branch / (1 - p), mask from philox.h's
-// dropout_keep(seed, stream, step, i) with threshold dropout_threshold(p); p = 0 is the
-// identity on branch. n = B*T*C elements, flat index i.
+// dropout_keep(seed, stream, step, index0 + i) with threshold dropout_threshold(p); p = 0 is
+// the identity on branch. n = B*T*C elements, flat index i; index0 places them in a larger
+// batch (a data-parallel rank's shard: first sequence * T * C), 0 for a whole batch.
 template <typename S>
 void residual_dropout_forward(S *out, const S *resid, const S *branch, int64_t n, double p,
-                              uint64_t seed, uint32_t stream, uint64_t step);
+                              uint64_t seed, uint32_t stream, uint64_t step, uint64_t index0 = 0);
 template <typename S>
 void residual_dropout_backward(S *dresid, S *dbranch, const S *dout, int64_t n, double p,
-                               uint64_t seed, uint32_t stream, uint64_t step);
+                               uint64_t seed, uint32_t stream, uint64_t step, uint64_t index0 = 0);
 
 // Softmax cross-entropy: losses[n] = logsumexp(logits[n,:]) - logits[n, targets[n]].
 // Backward of sum_n dloss_scale * losses[n]: dlogits += scale * (softmax - onehot).

@@ -26,6 +26,26 @@ static inline int64_t stx_test_numel(stx_model *m, int32_t i, const char **name)
     return n;
 }
 
+/* Every parameter gradient of the model in table order, as doubles (exact for float ones):
+ * malloc'ed, *total elements. */
+static inline double *stx_test_grads(stx_model *m, size_t *total) {
+    int32_t count = 0;
+    int64_t n = 0;
+    CHECK_OK(stx_param_count(m, &count));
+    CHECK_OK(stx_param_total(m, &n));
+    double *g = (double *)malloc((size_t)n * sizeof *g);
+    assert_non_null(g);
+    size_t at = 0;
+    for (int32_t i = 0; i < count; ++i) {
+        const char *name;
+        const int64_t numel = stx_test_numel(m, i, &name);
+        CHECK_OK(stx_grad_read(m, name, STX_DTYPE_F64, g + at, (size_t)numel));
+        at += (size_t)numel;
+    }
+    *total = at;
+    return g;
+}
+
 /* The same uniform(-scale, scale) values in every tensor of each of the n models (LayerNorm
  * gains near 1 keep LayerNorm well conditioned). */
 static inline void stx_test_randomize(stx_model **models, int n, uint64_t seed, double scale) {

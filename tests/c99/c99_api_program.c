@@ -53,7 +53,8 @@ static void check_versions(void) {
     check(stx_version_number() == STX_VERSION_NUMBER, "stx_version_number() == STX_VERSION_NUMBER");
     check(stx_version_string() != NULL && strcmp(stx_version_string(), STX_VERSION_STRING) == 0,
           "stx_version_string() == STX_VERSION_STRING");
-    check((stx_build_features() & ~(uint32_t)(STX_FEATURE_CUDA | STX_FEATURE_OPENMP)) == 0,
+    check((stx_build_features() &
+           ~(uint32_t)(STX_FEATURE_CUDA | STX_FEATURE_OPENMP | STX_FEATURE_NCCL)) == 0,
           "stx_build_features() has only known bits");
     check(stx_backend_available(STX_BACKEND_CPU) == 1, "the CPU backend is available");
     check(stx_backend_available(STX_BACKEND_AUTO) == 1, "STX_BACKEND_AUTO is always available");

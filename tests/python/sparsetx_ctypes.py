@@ -45,6 +45,7 @@ ABI_VERSION = 2
 
 FEATURE_CUDA = 1
 FEATURE_OPENMP = 2
+FEATURE_NCCL = 4
 
 OK = 0
 STEP_SKIPPED = 1  # stx_optimizer_step: non-finite gradients, nothing changed
@@ -57,8 +58,9 @@ ERR_UNSUPPORTED = -6
 ERR_DEVICE = -7
 ERR_STATE = -8
 ERR_INTERNAL = -9
+ERR_COMM = -10
 STATUSES = (OK, STEP_SKIPPED, ERR_INVALID_ARGUMENT, ERR_OUT_OF_MEMORY, ERR_IO, ERR_FORMAT, ERR_VERSION,
-            ERR_UNSUPPORTED, ERR_DEVICE, ERR_STATE, ERR_INTERNAL)
+            ERR_UNSUPPORTED, ERR_DEVICE, ERR_STATE, ERR_INTERNAL, ERR_COMM)
 
 LOG_DEBUG = 0
 LOG_INFO = 1
@@ -79,6 +81,14 @@ MAX_POS_AXES = 4
 PATTERN_MAX = 256
 VOCAB = 256
 MAX_DIMS = 4
+
+DIST_ID_BYTES = 128
+DIST_CPU = -1
+REDUCE_SUM = 0
+REDUCE_MIN = 1
+REDUCE_MAX = 2
+DIST_GRADS_FP32 = 0
+DIST_GRADS_BF16 = 1
 
 # ------------------------------------------------------------------------------ structs
 
@@ -149,6 +159,18 @@ class DataInfo(ctypes.Structure):
     ]
 
 
+class DistId(ctypes.Structure):
+    """struct stx_dist_id: rank 0's communicator id, the same bytes on every rank."""
+
+    _fields_ = [("bytes", ctypes.c_uint8 * DIST_ID_BYTES)]
+
+
+class DistOptions(ctypes.Structure):
+    """struct stx_dist_options, field by field."""
+
+    _fields_ = [("grads", ctypes.c_int32), ("bucket_layers", ctypes.c_int32)]
+
+
 # Opaque handles: only pointers to them cross the boundary.
 class _Model(ctypes.Structure):
     pass
@@ -166,10 +188,15 @@ class _Decoder(ctypes.Structure):
     pass
 
 
+class _Dist(ctypes.Structure):
+    pass
+
+
 ModelPtr = ctypes.POINTER(_Model)
 LayoutPtr = ctypes.POINTER(_Layout)
 DecoderPtr = ctypes.POINTER(_Decoder)
 DatasetPtr = ctypes.POINTER(_Dataset)
+DistPtr = ctypes.POINTER(_Dist)
 LogFn = ctypes.CFUNCTYPE(None, ctypes.c_int32, ctypes.c_char_p, ctypes.c_void_p)
 
 # ---------------------------------------------------------------------- the signatures
@@ -256,6 +283,24 @@ _SIGNATURES = {
     "stx_decoder_logits": (_status, [DecoderPtr, _i32, _vp, _sz]),
     "stx_decoder_position": (_status, [DecoderPtr, _P(_i32)]),
     "stx_decoder_reset": (_status, [DecoderPtr]),
+    "stx_model_set_dropout_offset": (_status, [ModelPtr, _i64]),
+    "stx_model_get_dropout_offset": (_status, [ModelPtr, _P(_i64)]),
+    "stx_dataset_sample_offsets": (_status, [DatasetPtr, _i64, _i64, _i32, _i32, _P(_u64),
+                                             _P(_i64)]),
+    "stx_dataset_sample_shard": (_status, [DatasetPtr, _i64, _i64, _i32, _i32, _i32, _i32,
+                                           _P(_u64), _P(ctypes.c_uint8)]),
+    "stx_shard_batch": (_status, [_i32, _i32, _i32, _P(_i32), _P(_i32)]),
+    "stx_dist_unique_id": (_status, [_P(DistId)]),
+    "stx_dist_create": (_status, [_i32, _i32, _P(DistId), _i32, ctypes.c_double,
+                                  _P(DistPtr)]),
+    "stx_dist_free": (None, [DistPtr]),
+    "stx_dist_info": (_status, [DistPtr, _P(_i32), _P(_i32), _P(_i32)]),
+    "stx_dist_allreduce": (_status, [DistPtr, _P(ctypes.c_double), _i32, ctypes.c_int]),
+    "stx_dist_options_init_v": (_status, [_P(DistOptions), _sz, _i32]),
+    "stx_model_set_dist_v": (_status, [ModelPtr, DistPtr, _P(DistOptions), _sz, _i32]),
+    "stx_model_set_grad_sync": (_status, [ModelPtr, _i32]),
+    "stx_model_weights_checksum": (_status, [ModelPtr, _P(_u64)]),
+    "stx_dist_check_weights": (_status, [DistPtr, ModelPtr, _P(_u64), _P(_i32)]),
 }
 
 
