@@ -1,6 +1,7 @@
 // attention_wgmma.cu: the bf16 attention forward on Hopper's warpgroup MMA (wgmma, sm_90a),
-// for layout blocks of 64 and 128 and head dims (64, 64), (128, 128), (64, 128); elsewhere,
-// and on other GPUs, attention_tc.cu's mma.sync kernel runs instead.
+// for layout blocks of 64 and 128 and head dims (64, 64), (128, 128), (64, 128) (blocks of 32:
+// attention_wgmma_pairs.cu); elsewhere, and on other GPUs, attention_tc.cu's mma.sync kernel
+// runs instead.
 //
 // The work and the result are those of tc_forward_kernel (attention_tc.cu): a CTA takes 64
 // query rows of one layout block of one pass of one head and streams the keys of its CSR
@@ -146,15 +147,17 @@ bool wg_attention_forward(const std::shared_ptr<Context> &ctx, const DeviceLayou
                           const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                           float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
                           float scale) {
-    if ((dl.view.bs != 64 && dl.view.bs != 128) || !wgmma_usable(ctx.get())) return false;
-    if (Dq == 64 && Dv == 64)
+    const int32_t bs = dl.view.bs;
+    const bool dims = (Dq == 64 || Dq == 128) && (Dv == Dq || Dv == 128);
+    if (!dims || (bs != 32 && bs != 64 && bs != 128) || !wgmma_usable(ctx.get())) return false;
+    if (bs == 32)
+        wg_pairs_forward(ctx, dl, pass, q, k, v, out, lse, B, T, Dq, Dv, scale);
+    else if (Dq == 64 && Dv == 64)
         wg_forward<64, 64>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
     else if (Dq == 128 && Dv == 128)
         wg_forward<128, 128>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
-    else if (Dq == 64 && Dv == 128)
-        wg_forward<64, 128>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
     else
-        return false;
+        wg_forward<64, 128>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
     return true;
 }
 

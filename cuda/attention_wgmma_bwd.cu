@@ -2,11 +2,12 @@
 // warpgroup MMA: the same results as tc_dq_kernel and tc_dkdv_kernel (attention_tc.cu) --
 // dq, dk, dv += one pass's share, from the merged lse (natural log, per (b, h, t)) and
 // delta = rowsum(dout * out), `scale` applied where those kernels apply it -- for block sizes
-// 64 and 128 (a block of 128 is two CTAs, find_work<64>) and (Dq, Dv) in {(64, 64),
-// (128, 128), (64, 128)}. Deterministic as they are: dq is query-centric over the pass's CSR
-// lists, dk and dv key-centric over the transposed lists, each output row read-modified-written
-// by one CTA. The grid, the masks (chunk_mask, mask_scores), the handling of slots that hold no
-// position, of empty lists and of chunks an entry never computes are those of attention_tc.cu.
+// 64 and 128 (a block of 128 is two CTAs, find_work<64>; blocks of 32 take two a CTA in
+// attention_wgmma_pairs.cu) and (Dq, Dv) in {(64, 64), (128, 128), (64, 128)}. Deterministic as
+// they are: dq is query-centric over the pass's CSR lists, dk and dv key-centric over the
+// transposed lists, each output row read-modified-written by one CTA. The grid, the masks
+// (chunk_mask, mask_scores), the handling of slots that hold no position, of empty lists and of
+// chunks an entry never computes are those of attention_tc.cu.
 //
 // A CTA is one warpgroup (128 threads) and a tile of 64 rows; the other side streams through
 // two cp.async stages in chunks of 64. Every product is a wgmma m64n64k16 (wgmma.cuh); a
@@ -101,12 +102,7 @@ __global__ void __launch_bounds__(128, 1)
     const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
     const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
     float lse2[2], dl[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t at = (static_cast<int64_t>(w.b) * H + w.h) * T + (qp[r] < 0 ? 0 : qp[r]);
-        lse2[r] = qp[r] >= 0 ? lse[at] * kLog2e : INFINITY; // P = 0 on rows without a position
-        dl[r] = qp[r] >= 0 ? delta[at] : 0.0f;
-    }
+    row_stats(lse2, dl, qp, lse, delta, (static_cast<int64_t>(w.b) * H + w.h) * T);
     float acc[NQ][32];
 #pragma unroll
     for (int p = 0; p < NQ; ++p) zero32(acc[p]);
@@ -177,11 +173,8 @@ __global__ void __launch_bounds__(128, 1)
         load_rows_sw128<DV>(dos + st * kV, opaque_tid(), dout, w.s, slot, row0, H, w.h);
         if (threadIdx.x < 64) {
             const int i = static_cast<int>(threadIdx.x);
-            const int32_t pos = slot_pos32(w.s, slot + i);
-            qpos[st * 64 + i] = pos;
-            // +inf: P = 0 for a query slot without a position (its Q and dO rows are zeros)
-            lse2s[st * 64 + i] = pos >= 0 ? lse[stat0 + pos] * kLog2e : INFINITY;
-            dls[st * 64 + i] = pos >= 0 ? delta[stat0 + pos] : 0.0f;
+            query_stats(qpos, lse2s, dls, st * 64 + i, slot_pos32(w.s, slot + i), lse, delta,
+                        stat0);
         }
     };
     load_rows_sw128<DQ>(ks, opaque_tid(), k, w.s, w.slot0, row0, H, w.h);
@@ -260,7 +253,7 @@ bool wg_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayo
                            const float *delta, float *dq, float *dk, float *dv, int32_t B,
                            int32_t T, int32_t Dq, int32_t Dv, float scale) {
     const int32_t bs = dl.view.bs;
-    if (bs != 64 && bs != 128) return false;
+    if (bs != 32 && bs != 64 && bs != 128) return false;
     void (*f)(const std::shared_ptr<Context> &, const DeviceLayout &, int32_t, const bf16 *,
               const bf16 *, const bf16 *, const bf16 *, const float *, const float *, float *,
               float *, float *, int32_t, int32_t, float) = nullptr;
@@ -271,7 +264,12 @@ bool wg_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayo
     else if (Dq == 64 && Dv == 128)
         f = wg_backward<64, 128>;
     if (!f || !wgmma_usable(ctx.get())) return false;
-    if (ctx->ok()) f(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, scale);
+    if (!ctx->ok()) return true;
+    if (bs == 32)
+        wg_pairs_backward(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, Dq, Dv,
+                          scale);
+    else
+        f(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, scale);
     return true;
 }
 
