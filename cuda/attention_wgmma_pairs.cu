@@ -66,7 +66,7 @@ template <int DQ, int DV> struct PairShapes {
 // are stubs that are never launched (wgmma_usable).
 #if STX_WGMMA
 // Thread 0: the walk over the lists of blocks 2 pair and 2 pair + 1 (ptr: the pass's n + 1
-// list offsets), and the chunk of the union's first two blocks.
+// list offsets; the second list empty where 2 pair + 1 = n).
 __device__ void pair_start(PairWalk &wk, const int64_t *ptr, int32_t pair, int32_t n) {
     wk.at[0] = ptr[2 * pair];
     wk.end[0] = ptr[2 * pair + 1];
