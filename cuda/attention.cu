@@ -12,6 +12,7 @@
 // D = rowsum(dO * O); dq query-centric over the CSR lists; dk and dv key-centric over the
 // transposed lists, so nothing is accumulated with atomics and every run gives the same bits.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <vector>
@@ -255,16 +256,36 @@ MaskDesc entry_mask(const Layout &lay, const HeadLayout &hl, size_t p, int32_t h
 }
 // --- end of entry masks ---
 
-// Block indices 0..n-1 by descending list length (stable), for launching long rows first.
-std::vector<int32_t> by_length(const std::vector<int64_t> &ptr, size_t first, int32_t n) {
+// Indices 0..n-1 by descending len(i) (stable), for launching long rows first.
+template <typename Len> std::vector<int32_t> by_length(int32_t n, Len len) {
     std::vector<int32_t> order(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; ++i) order[static_cast<size_t>(i)] = i;
-    auto len = [&](int32_t i) {
-        return ptr[first + static_cast<size_t>(i) + 1] - ptr[first + static_cast<size_t>(i)];
-    };
     std::stable_sort(order.begin(), order.end(),
                      [&](int32_t a, int32_t b) { return len(a) > len(b); });
     return order;
+}
+
+// The blocks of a pass by descending length of their lists (ptr[first ..] into idx), and the
+// pairs of blocks (2 p, 2 p + 1; the last alone when n is odd) by descending length of the
+// union of their lists (both ascending), appended to `order`.
+void append_orders(std::vector<int32_t> &order, const std::vector<int64_t> &ptr,
+                   const std::vector<int32_t> &idx, size_t first, int32_t n) {
+    auto at = [&](int32_t i) { return ptr[first + static_cast<size_t>(i)]; };
+    const std::vector<int32_t> blocks = by_length(n, [&](int32_t i) { return at(i + 1) - at(i); });
+    const std::vector<int32_t> pairs = by_length((n + 1) / 2, [&](int32_t p) {
+        int64_t a = at(2 * p), b = 2 * p + 1 < n ? at(2 * p + 1) : a;
+        const int64_t a1 = b, b1 = 2 * p + 1 < n ? at(2 * p + 2) : a;
+        int64_t len = 0;
+        for (; a < a1 || b < b1; ++len) {
+            const int32_t x = a < a1 ? idx[static_cast<size_t>(a)] : INT32_MAX;
+            const int32_t y = b < b1 ? idx[static_cast<size_t>(b)] : INT32_MAX;
+            a += x <= y;
+            b += y <= x;
+        }
+        return len;
+    });
+    order.insert(order.end(), blocks.begin(), blocks.end());
+    order.insert(order.end(), pairs.begin(), pairs.end());
 }
 
 std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context> &ctx,
@@ -333,12 +354,11 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
             }
             colT_ptr.push_back(static_cast<int64_t>(colT_idx.size()));
             p.order_off = static_cast<int64_t>(order.size());
-            const std::vector<int32_t> o = by_length(row_ptr, static_cast<size_t>(p.row_ptr_off),
-                                                     ap.n_qblocks),
-                                       oT = by_length(colT_ptr, static_cast<size_t>(p.colT_ptr_off),
-                                                      ap.n_qblocks);
-            order.insert(order.end(), o.begin(), o.end());
-            orderT.insert(orderT.end(), oT.begin(), oT.end());
+            p.pair_off = p.order_off + ap.n_qblocks;
+            append_orders(order, row_ptr, col_idx, static_cast<size_t>(p.row_ptr_off),
+                          ap.n_qblocks);
+            append_orders(orderT, colT_ptr, colT_idx, static_cast<size_t>(p.colT_ptr_off),
+                          ap.n_qblocks);
             dl->max_qblocks = std::max(dl->max_qblocks, ap.n_qblocks);
             passes.push_back(p);
         }

@@ -410,12 +410,7 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     int32_t qp[2];
     row_pair_pos(w.s, w.slot0 + warp * 16, lane, qp);
     float lse2[2], dl[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t at = (static_cast<int64_t>(w.b) * H + w.h) * T + (qp[r] < 0 ? 0 : qp[r]);
-        lse2[r] = qp[r] >= 0 ? lse[at] * kLog2e : INFINITY; // P = 0 on rows without a position
-        dl[r] = qp[r] >= 0 ? delta[at] : 0.0f;
-    }
+    row_stats(lse2, dl, qp, lse, delta, (static_cast<int64_t>(w.b) * H + w.h) * T);
     float acc[DQ / 8][4];
     zero_acc(acc);
 
@@ -486,11 +481,8 @@ __global__ void __launch_bounds__(TILE * 2, 1)
         load_rows<BQ, DQ, NT>(qs + st * BQ * SQ, q, w.s, slot, row0, H, w.h);
         load_rows<BQ, DV, NT>(dos + st * BQ * SV, dout, w.s, slot, row0, H, w.h);
         for (int i = threadIdx.x; i < BQ; i += NT) {
-            const int32_t pos = slot_pos32(w.s, slot + i);
-            qpos[st * BQ + i] = pos;
-            // +inf: P = 0 for a query slot without a position (its Q and dO rows are zeros)
-            lse2s[st * BQ + i] = pos >= 0 ? lse[stat0 + pos] * kLog2e : INFINITY;
-            dls[st * BQ + i] = pos >= 0 ? delta[stat0 + pos] : 0.0f;
+            query_stats(qpos, lse2s, dls, st * BQ + i, slot_pos32(w.s, slot + i), lse, delta,
+                        stat0);
         }
     };
     load_rows<TILE, DQ, NT>(ks, k, w.s, w.slot0, row0, H, w.h);

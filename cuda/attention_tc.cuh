@@ -19,6 +19,9 @@ struct DevPass {
     int64_t row_ptr_off;  // this pass's n_qblocks + 1 entries of row_ptr
     int64_t colT_ptr_off; // and of colT_ptr (query blocks reading each key block)
     int64_t order_off;    // and its n_qblocks entries of order and orderT
+    // and its (n_qblocks + 1) / 2 entries of order and orderT that rank the pairs of blocks
+    // (2 p, 2 p + 1) by the length of the union of their lists (attention_wgmma_pairs.cu)
+    int64_t pair_off;
 };
 
 struct DevComp {
@@ -122,20 +125,33 @@ void tc_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayo
 // sm_90a, not switched off).
 bool wgmma_usable(Context *ctx);
 
-// Hopper (sm_90a) wgmma version of tc_attention_forward for block sizes 64 and 128 and
-// (Dq, Dv) in {(64, 64), (128, 128), (64, 128)}; false (nothing launched) elsewhere.
+// Hopper (sm_90a) wgmma version of tc_attention_forward for block sizes 32 (pairs of blocks a
+// CTA: attention_wgmma_pairs.cu), 64 and 128 and (Dq, Dv) in {(64, 64), (128, 128), (64, 128)};
+// false (nothing launched) elsewhere.
 bool wg_attention_forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
                           const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                           float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
                           float scale);
 
-// Hopper (sm_90a) wgmma version of tc_attention_backward for block sizes 64 and 128 and
-// (Dq, Dv) in {(64, 64), (128, 128), (64, 128)}; false (nothing launched) elsewhere.
+// Hopper (sm_90a) wgmma version of tc_attention_backward for block sizes 32 (pairs), 64 and
+// 128 and (Dq, Dv) in {(64, 64), (128, 128), (64, 128)}; false (nothing launched) elsewhere.
 bool wg_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl,
                            int32_t pass, const __nv_bfloat16 *q, const __nv_bfloat16 *k,
                            const __nv_bfloat16 *v, const __nv_bfloat16 *dout, const float *lse,
                            const float *delta, float *dq, float *dk, float *dv, int32_t B,
                            int32_t T, int32_t Dq, int32_t Dv, float scale);
+
+// The block-32 versions of the two above (attention_wgmma_pairs.cu), which they call; the
+// caller has checked the block size, the head dims and wgmma_usable.
+void wg_pairs_forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                      const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                      float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
+                      float scale);
+void wg_pairs_backward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
+                       const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
+                       const __nv_bfloat16 *dout, const float *lse, const float *delta, float *dq,
+                       float *dk, float *dv, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
+                       float scale);
 
 } // namespace cuda
 } // namespace stx

@@ -79,11 +79,13 @@ struct Work {
     Slots s;
 };
 
-template <int TILE>
+// PAIRS (TILE 64 over blocks of 32, attention_wgmma_pairs.cu): rank r takes the r-th longest
+// pair of blocks (2 blk, 2 blk + 1), ranked at the pass's pair_off, its slots from 64 blk.
+template <int TILE, bool PAIRS = false>
 __device__ __forceinline__ bool find_work(const LayoutView &L, int32_t local_pass, int32_t B,
                                           int32_t T, const int32_t *order, Work *w) {
     int64_t idx = blockIdx.x;
-    const int32_t H = L.n_head, n_sub = L.bs / TILE;
+    const int32_t H = L.n_head, n_sub = PAIRS ? 1 : L.bs / TILE;
     w->h = static_cast<int32_t>(idx % H);
     idx /= H;
     w->b = static_cast<int32_t>(idx % B);
@@ -94,9 +96,15 @@ __device__ __forceinline__ bool find_work(const LayoutView &L, int32_t local_pas
     w->pg = w->p0 + local_pass;
     if (w->pg >= L.head_pass_begin[w->h + 1]) return false;
     const DevPass &P = L.passes[w->pg];
-    if (rank >= P.n_qblocks) return false;
-    w->blk = order[P.order_off + rank];
-    w->slot0 = w->blk * L.bs + sub * TILE;
+    if (PAIRS) {
+        if (rank >= (P.n_qblocks + 1) / 2) return false;
+        w->blk = order[P.pair_off + rank];
+        w->slot0 = w->blk * TILE;
+    } else {
+        if (rank >= P.n_qblocks) return false;
+        w->blk = order[P.order_off + rank];
+        w->slot0 = w->blk * L.bs + sub * TILE;
+    }
     w->s.transposed = P.transposed;
     w->s.stride = P.stride;
     w->s.rows = static_cast<int32_t>(P.rows);
@@ -112,6 +120,28 @@ template <int TILE> __device__ __forceinline__ bool tile_has_rows(const Work &w)
     if (threadIdx.x < TILE)
         valid = slot_pos32(w.s, w.slot0 + static_cast<int32_t>(threadIdx.x)) >= 0;
     return __syncthreads_or(valid) != 0;
+}
+
+// The dq kernels' statistics of the thread's query rows (positions qp, -1: none; stat0: the
+// (batch, head)'s first): lse in log2 units (+inf on a row without a position: P = 0) and delta.
+__device__ __forceinline__ void row_stats(float (&lse2)[2], float (&dl)[2], const int32_t (&qp)[2],
+                                          const float *lse, const float *delta, int64_t stat0) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const int64_t at = stat0 + (qp[r] < 0 ? 0 : qp[r]);
+        lse2[r] = qp[r] >= 0 ? lse[at] * kLog2e : INFINITY;
+        dl[r] = qp[r] >= 0 ? delta[at] : 0.0f;
+    }
+}
+
+// The dk, dv kernels' statistics of query slot i of a stage (position pos): position, lse in
+// log2 units (+inf for a slot without a position, whose Q and dO rows are zeros: P = 0), delta.
+__device__ __forceinline__ void query_stats(int32_t *qpos, float *lse2s, float *dls, int i,
+                                            int32_t pos, const float *lse, const float *delta,
+                                            int64_t stat0) {
+    qpos[i] = pos;
+    lse2s[i] = pos >= 0 ? lse[stat0 + pos] * kLog2e : INFINITY;
+    dls[i] = pos >= 0 ? delta[stat0 + pos] : 0.0f;
 }
 
 // An entry's mask over a chunk of N <= 64 keys at offset koff of their block: the key-column
@@ -209,11 +239,14 @@ template <typename K> bool allow_smem(const std::shared_ptr<Context> &ctx, K ker
                                                static_cast<int>(bytes)));
 }
 
-// The flat grid of find_work; false (with the error recorded) if it exceeds a launch.
+// The flat grid of find_work (a tile wider than the block: pairs); false (with the error
+// recorded) if it exceeds a launch.
 bool grid_for(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t tile, int32_t B,
               unsigned *blocks) {
-    const int64_t n =
-        static_cast<int64_t>(dl.max_qblocks) * (dl.view.bs / tile) * dl.view.n_head * B;
+    const int64_t tiles = dl.view.bs >= tile
+                              ? static_cast<int64_t>(dl.max_qblocks) * (dl.view.bs / tile)
+                              : (static_cast<int64_t>(dl.max_qblocks) + 1) / 2;
+    const int64_t n = tiles * dl.view.n_head * B;
     if (n > 0x7fffffff) {
         ctx->err =
             fail(STX_ERR_UNSUPPORTED,

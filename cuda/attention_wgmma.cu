@@ -1,6 +1,7 @@
 // attention_wgmma.cu: the bf16 attention forward on Hopper's warpgroup MMA (wgmma, sm_90a),
-// for layout blocks of 64 and 128 and head dims (64, 64), (128, 128), (64, 128); elsewhere,
-// and on other GPUs, attention_tc.cu's mma.sync kernel runs instead.
+// for layout blocks of 64 and 128 and head dims (64, 64), (128, 128), (64, 128) (blocks of 32:
+// attention_wgmma_pairs.cu); elsewhere, and on other GPUs, attention_tc.cu's mma.sync kernel
+// runs instead.
 //
 // The work and the result are those of tc_forward_kernel (attention_tc.cu): a CTA takes 64
 // query rows of one layout block of one pass of one head and streams the keys of its CSR
@@ -27,24 +28,6 @@ namespace {
 constexpr int kWgRows = 64;     // query rows a CTA: one wgmma M
 constexpr int kWgKeys = 64;     // keys a stage: one wgmma N
 constexpr int kWgThreads = 128; // one warpgroup
-
-// Rows slot0 .. slot0 + 63 of head h of a [B, T, H * D] bf16 tensor into a SW128 tile of 64
-// rows at shared address `tile`; zeros for slots that hold nothing and for 16-row groups g
-// without bit g of `groups`.
-template <int D>
-__device__ __forceinline__ void load_rows_sw128(uint32_t tile, const bf16 *src, const Slots &s,
-                                                int32_t slot0, int64_t row0, int32_t H, int32_t h,
-                                                uint32_t groups = ~0u) {
-    constexpr int CH = D / 8; // 16-byte pieces a row
-#pragma unroll
-    for (int it = 0; it < kWgRows * CH / kWgThreads; ++it) {
-        const int i = it * kWgThreads + static_cast<int>(threadIdx.x);
-        const int r = i / CH, c = i % CH;
-        const int32_t pos = ((groups >> (r / 16)) & 1u) ? slot_pos32(s, slot0 + r) : -1;
-        const bf16 *g = src + ((row0 + (pos < 0 ? 0 : pos)) * H + h) * D + c * 8;
-        cp_async16(sw128_chunk(tile, kWgRows, r, c), g, pos >= 0);
-    }
-}
 
 template <int DQ, int DV> struct WgShapes {
     static constexpr uint32_t kQ = kWgRows * DQ * 2, kK = kWgKeys * DQ * 2, kV = kWgKeys * DV * 2;
@@ -81,12 +64,12 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     auto issue = [&](int32_t t) {
         const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * BN, st = t & 1;
         const uint32_t groups = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN).groups;
-        load_rows_sw128<DQ>(ks + st * S::kK, k, w.s, slot, row0, H, w.h, groups);
-        load_rows_sw128<DV>(vs + st * S::kV, v, w.s, slot, row0, H, w.h, groups);
+        load_rows_sw128<DQ>(ks + st * S::kK, threadIdx.x, k, w.s, slot, row0, H, w.h, groups);
+        load_rows_sw128<DV>(vs + st * S::kV, threadIdx.x, v, w.s, slot, row0, H, w.h, groups);
         for (int i = threadIdx.x; i < BN; i += kWgThreads)
             kpos[st * BN + i] = slot_pos32(w.s, slot + i);
     };
-    load_rows_sw128<DQ>(qs, q, w.s, w.slot0, row0, H, w.h);
+    load_rows_sw128<DQ>(qs, threadIdx.x, q, w.s, w.slot0, row0, H, w.h);
     if (n_chunks > 0) issue(0);
     cp_async_commit();
 
@@ -110,81 +93,13 @@ __global__ void __launch_bounds__(kWgThreads, 1)
         const int st = t & 1;
         const ChunkMask cm = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN);
         if (cm.groups == 0) continue; // the entry computes none of these keys
-        float s[32];
-#pragma unroll
-        for (int i = 0; i < 32; ++i) s[i] = 0.0f;
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < DQ / 16; ++kk)
-            wgmma_ss<0>(s, desc_kmajor(qs, kWgRows, kk), desc_kmajor(ks + st * S::kK, BN, kk));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(s);
-
-        float(&s4)[BN / 8][4] = *reinterpret_cast<float(*)[BN / 8][4]>(s);
-        mask_scores<BN, true>(s4, qp, kpos + st * BN, cm, 0u, scale_log2, L, w, lane);
-        float mx[2] = {mrow[0], mrow[1]};
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) mx[i >> 1] = fmaxf(mx[i >> 1], s4[n][i]);
-        float base_r[2];
-#pragma unroll
-        for (int r = 0; r < 2; ++r) {
-            mx[r] = quad_max(mx[r]);
-            // a row that has seen no key yet keeps m = -inf; subtracting 0 keeps exp2 finite
-            base_r[r] = mx[r] == -INFINITY ? 0.0f : mx[r];
-            const float corr = exp2f(mrow[r] - base_r[r]);
-            mrow[r] = mx[r];
-            lrow[r] *= corr;
-#pragma unroll
-            for (int j = 0; j < NV; ++j)
-#pragma unroll
-                for (int n = 0; n < 8; ++n) {
-                    o[j][4 * n + 2 * r] *= corr;
-                    o[j][4 * n + 2 * r + 1] *= corr;
-                }
-        }
-#pragma unroll
-        for (int n = 0; n < BN / 8; ++n)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                s4[n][i] = exp2f(s4[n][i] - base_r[i >> 1]);
-                lrow[i >> 1] += s4[n][i];
-            }
-
-        wgmma_fence(); // o rescaled and P written by ordinary instructions
-#pragma unroll
-        for (int kk = 0; kk < BN / 16; ++kk) {
-            uint32_t a[4];
-            acc_to_a(a, s, kk);
-#pragma unroll
-            for (int j = 0; j < NV; ++j)
-                wgmma_rs<1>(o[j], a, desc_nmajor(vs + st * S::kV, BN, j, kk));
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
-#pragma unroll
-        for (int j = 0; j < NV; ++j) fence_regs(o[j]);
+        fwd_chunk<DQ, DV>(
+            o, mrow, lrow, qs, ks + st * S::kK, vs + st * S::kV, [&](float(&s4)[BN / 8][4]) {
+                mask_scores<BN, true>(s4, qp, kpos + st * BN, cm, 0u, scale_log2, L, w, lane);
+            });
     }
     cp_async_wait_all(); // nothing in flight at exit when the list was empty
-
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const float l = quad_sum(lrow[r]);
-        if (qp[r] < 0) continue;
-        const float inv = l > 0.0f ? 1.0f / l : 0.0f;
-        float *dst = out + ((row0 + qp[r]) * H + w.h) * DV + (lane & 3) * 2;
-#pragma unroll
-        for (int j = 0; j < NV; ++j)
-#pragma unroll
-            for (int n = 0; n < 8; ++n)
-                *reinterpret_cast<float2 *>(dst + j * 64 + n * 8) =
-                    make_float2(o[j][4 * n + 2 * r] * inv, o[j][4 * n + 2 * r + 1] * inv);
-        if ((lane & 3) == 0)
-            lse[(static_cast<int64_t>(w.b) * H + w.h) * T + qp[r]] =
-                l > 0.0f ? (mrow[r] + log2f(l)) * kLn2 : -INFINITY;
-    }
+    fwd_store<DV>(o, mrow, lrow, qp, out, lse, w.b, T, H, w.h, lane);
 #else
     (void)L, (void)local_pass, (void)q, (void)k, (void)v, (void)out, (void)lse, (void)B, (void)T,
         (void)scale_log2;
@@ -232,15 +147,17 @@ bool wg_attention_forward(const std::shared_ptr<Context> &ctx, const DeviceLayou
                           const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                           float *out, float *lse, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
                           float scale) {
-    if ((dl.view.bs != 64 && dl.view.bs != 128) || !wgmma_usable(ctx.get())) return false;
-    if (Dq == 64 && Dv == 64)
+    const int32_t bs = dl.view.bs;
+    const bool dims = (Dq == 64 || Dq == 128) && (Dv == Dq || Dv == 128);
+    if (!dims || (bs != 32 && bs != 64 && bs != 128) || !wgmma_usable(ctx.get())) return false;
+    if (bs == 32)
+        wg_pairs_forward(ctx, dl, pass, q, k, v, out, lse, B, T, Dq, Dv, scale);
+    else if (Dq == 64 && Dv == 64)
         wg_forward<64, 64>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
     else if (Dq == 128 && Dv == 128)
         wg_forward<128, 128>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
-    else if (Dq == 64 && Dv == 128)
-        wg_forward<64, 128>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
     else
-        return false;
+        wg_forward<64, 128>(ctx, dl, pass, q, k, v, out, lse, B, T, scale);
     return true;
 }
 

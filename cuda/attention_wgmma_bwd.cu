@@ -2,11 +2,12 @@
 // warpgroup MMA: the same results as tc_dq_kernel and tc_dkdv_kernel (attention_tc.cu) --
 // dq, dk, dv += one pass's share, from the merged lse (natural log, per (b, h, t)) and
 // delta = rowsum(dout * out), `scale` applied where those kernels apply it -- for block sizes
-// 64 and 128 (a block of 128 is two CTAs, find_work<64>) and (Dq, Dv) in {(64, 64),
-// (128, 128), (64, 128)}. Deterministic as they are: dq is query-centric over the pass's CSR
-// lists, dk and dv key-centric over the transposed lists, each output row read-modified-written
-// by one CTA. The grid, the masks (chunk_mask, mask_scores), the handling of slots that hold no
-// position, of empty lists and of chunks an entry never computes are those of attention_tc.cu.
+// 64 and 128 (a block of 128 is two CTAs, find_work<64>; blocks of 32 take two a CTA in
+// attention_wgmma_pairs.cu) and (Dq, Dv) in {(64, 64), (128, 128), (64, 128)}. Deterministic as
+// they are: dq is query-centric over the pass's CSR lists, dk and dv key-centric over the
+// transposed lists, each output row read-modified-written by one CTA. The grid, the masks
+// (chunk_mask, mask_scores), the handling of slots that hold no position, of empty lists and of
+// chunks an entry never computes are those of attention_tc.cu.
 //
 // A CTA is one warpgroup (128 threads) and a tile of 64 rows; the other side streams through
 // two cp.async stages in chunks of 64. Every product is a wgmma m64n64k16 (wgmma.cuh); a
@@ -56,71 +57,6 @@ template <int DQ, int DV> struct WgBwd {
     }
 };
 
-// The device code below exists in sm_90a device passes only (STX_WGMMA); elsewhere the kernels
-// are stubs that are never launched (wg_attention_backward asks wgmma_usable first).
-#if STX_WGMMA
-__device__ __forceinline__ unsigned char *align_1024(unsigned char *raw) {
-    const uint32_t a = smem_addr(raw);
-    return raw + (((a + 1023u) & ~1023u) - a);
-}
-
-// A value the compiler must treat as new at each use: it would otherwise hoist what is derived
-// from it out of the chunk loop (the descriptors of the tiles that stay, two registers each, up
-// to 16 of them; the loaders' per-thread offsets) and hold it across the loop, which the dk, dv
-// accumulators cannot afford.
-__device__ __forceinline__ uint32_t opaque(uint32_t x) {
-    asm volatile("" : "+r"(x));
-    return x;
-}
-
-// Rows slot0 .. slot0 + 63 of head h of a [B, T, H * D] bf16 tensor (batch offset row0 =
-// b * T) into the SW128 tile at shared address `tile`, all 128 threads. Zeros for slots that
-// hold nothing and for rows of 16-row groups g without bit g of `groups` (see the top).
-template <int D>
-__device__ __forceinline__ void bwd_load_rows(uint32_t tile, const bf16 *src, const Slots &s,
-                                              int32_t slot0, int64_t row0, int32_t H, int32_t h,
-                                              uint32_t groups = ~0u) {
-    constexpr int CH = D / 8; // 16-byte chunks a row
-    static_assert(64 * CH % 128 == 0, "whole chunks a thread");
-    // Recomputed per call: hoisted out of the chunk loop, the per-thread offsets of every
-    // loader call would be held (and spilled) across it.
-    const int tid = static_cast<int>(opaque(threadIdx.x));
-#pragma unroll
-    for (int it = 0; it < 64 * CH / 128; ++it) {
-        const int i = it * 128 + tid;
-        const int r = i / CH, c = i % CH;
-        const int32_t pos = (groups >> (r >> 4)) & 1u ? slot_pos32(s, slot0 + r) : -1;
-        const bf16 *g = src + ((row0 + (pos < 0 ? 0 : pos)) * H + h) * D + c * 8;
-        cp_async16(sw128_chunk(tile, 64, r, c), g, pos >= 0);
-    }
-}
-
-// The accumulators of an m64n64 product seen as the per-warp m16n8 tiles of mask_scores (the
-// element order is the same: d[4 i + e] is tile i, element e).
-__device__ __forceinline__ float (&as_tiles(float (&d)[32]))[8][4] {
-    return *reinterpret_cast<float(*)[8][4]>(&d);
-}
-
-// Zeroed accumulators, their definitions pinned before the wgmma_fence that follows (else the
-// compiler sinks the moves past it and ptxas serialises the wgmmas to repair the order).
-__device__ __forceinline__ void zero32(float (&d)[32]) {
-#pragma unroll
-    for (int i = 0; i < 32; ++i) d[i] = 0.0f;
-    fence_regs(d);
-}
-
-// The four A fragments of a 64 x 64 product from its accumulators, pinned likewise.
-__device__ __forceinline__ void frags_from(uint32_t (&a)[4][4], const float (&d)[32]) {
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-        acc_to_a(a[kk], d, kk);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[kk][i])::"memory");
-    }
-}
-
-#endif // STX_WGMMA
-
 template <int DQ, int DV>
 __global__ void __launch_bounds__(128, 1)
     wg_dq_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
@@ -152,13 +88,13 @@ __global__ void __launch_bounds__(128, 1)
         const int32_t slot = L.col_idx[e0 + t / per] * L.bs + (t % per) * 64, st = t & 1;
         const uint32_t groups = chunk_mask<64>(L, L.mode[e0 + t / per], (t % per) * 64).groups;
         if (groups == 0) return; // the chunk is skipped, its stage never read
-        bwd_load_rows<DQ>(ks + st * kQ, k, w.s, slot, row0, H, w.h, groups);
-        bwd_load_rows<DV>(vs + st * kV, v, w.s, slot, row0, H, w.h, groups);
+        load_rows_sw128<DQ>(ks + st * kQ, opaque_tid(), k, w.s, slot, row0, H, w.h, groups);
+        load_rows_sw128<DV>(vs + st * kV, opaque_tid(), v, w.s, slot, row0, H, w.h, groups);
         if (threadIdx.x < 64)
             kpos[st * 64 + threadIdx.x] = slot_pos32(w.s, slot + static_cast<int32_t>(threadIdx.x));
     };
-    bwd_load_rows<DQ>(qs, q, w.s, w.slot0, row0, H, w.h);
-    bwd_load_rows<DV>(dos, dout, w.s, w.slot0, row0, H, w.h);
+    load_rows_sw128<DQ>(qs, opaque_tid(), q, w.s, w.slot0, row0, H, w.h);
+    load_rows_sw128<DV>(dos, opaque_tid(), dout, w.s, w.slot0, row0, H, w.h);
     if (n_chunks > 0) issue(0);
     cp_async_commit();
 
@@ -166,12 +102,7 @@ __global__ void __launch_bounds__(128, 1)
     const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
     const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
     float lse2[2], dl[2];
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        const int64_t at = (static_cast<int64_t>(w.b) * H + w.h) * T + (qp[r] < 0 ? 0 : qp[r]);
-        lse2[r] = qp[r] >= 0 ? lse[at] * kLog2e : INFINITY; // P = 0 on rows without a position
-        dl[r] = qp[r] >= 0 ? delta[at] : 0.0f;
-    }
+    row_stats(lse2, dl, qp, lse, delta, (static_cast<int64_t>(w.b) * H + w.h) * T);
     float acc[NQ][32];
 #pragma unroll
     for (int p = 0; p < NQ; ++p) zero32(acc[p]);
@@ -186,57 +117,16 @@ __global__ void __launch_bounds__(128, 1)
         const uint32_t kt = ks + st * kQ, vt = vs + st * kV;
         const ChunkMask cm = chunk_mask<64>(L, L.mode[e0 + t / per], (t % per) * 64);
         if (cm.groups == 0) continue; // the entry computes none of these keys
-        const uint32_t qo = opaque(qs), doo = opaque(dos);
-        float s[32], dp[32];
-        zero32(s);
-        zero32(dp);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < DQ / 16; ++kk)
-            wgmma_ss<0>(s, desc_kmajor(qo, 64, kk), desc_kmajor(kt, 64, kk));
-#pragma unroll
-        for (int kk = 0; kk < DV / 16; ++kk)
-            wgmma_ss<0>(dp, desc_kmajor(doo, 64, kk), desc_kmajor(vt, 64, kk));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(s);
-        fence_regs(dp);
-        mask_scores<64, true>(as_tiles(s), qp, kpos + st * 64, cm, 0u, scale_log2, L, w, lane);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) {
-            const int r = (j >> 1) & 1;                      // element j is row g + 8 r
-            dp[j] = exp2f(s[j] - lse2[r]) * (dp[j] - dl[r]); // dS
-        }
-        // No k-step is skipped where cm.groups is clear (dS is 0 there, and K zero-filled): a
-        // wgmma under a branch ptxas cannot prove uniform is serialised with the others.
-        uint32_t a[4][4];
-        frags_from(a, dp);
-        wgmma_fence(); // a was written by ordinary code
-#pragma unroll
-        for (int p = 0; p < NQ; ++p)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(acc[p], a[kk], desc_nmajor(kt, 64, p, kk));
-        wgmma_commit();
-        wgmma_wait<0>(); // before the stage is refilled and a is rewritten
-#pragma unroll
-        for (int p = 0; p < NQ; ++p) fence_regs(acc[p]);
+        dq_chunk<DQ, DV>(acc, opaque(qs), opaque(dos), kt, vt, lse2, dl, [&](float(&s4)[8][4]) {
+            mask_scores<64, true>(s4, qp, kpos + st * 64, cm, 0u, scale_log2, L, w, lane);
+        });
     }
     cp_async_wait_all(); // nothing in flight at exit when the list was empty
 
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-        if (qp[r] < 0) continue;
-        float *dst = dq + ((row0 + qp[r]) * H + w.h) * DQ + (lane & 3) * 2;
-#pragma unroll
-        for (int p = 0; p < NQ; ++p)
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                float2 x = *reinterpret_cast<float2 *>(dst + p * 64 + i * 8);
-                x.x += scale * acc[p][4 * i + 2 * r];
-                x.y += scale * acc[p][4 * i + 2 * r + 1];
-                *reinterpret_cast<float2 *>(dst + p * 64 + i * 8) = x;
-            }
-    }
+    for (int r = 0; r < 2; ++r)
+        if (qp[r] >= 0)
+            add_row<NQ>(dq + ((row0 + qp[r]) * H + w.h) * DQ + (lane & 3) * 2, acc, r, scale);
 #else
     __trap();
 #endif
@@ -279,19 +169,16 @@ __global__ void __launch_bounds__(128, 1)
     auto issue = [&](int32_t t) {
         const int32_t slot = L.colT_idx[e0 + t / per] * L.bs + (t % per) * 64, st = t & 1;
         if (cta_groups(L.modeT[e0 + t / per]) == 0) return; // skipped: the stage is never read
-        bwd_load_rows<DQ>(qs + st * kQ, q, w.s, slot, row0, H, w.h);
-        bwd_load_rows<DV>(dos + st * kV, dout, w.s, slot, row0, H, w.h);
+        load_rows_sw128<DQ>(qs + st * kQ, opaque_tid(), q, w.s, slot, row0, H, w.h);
+        load_rows_sw128<DV>(dos + st * kV, opaque_tid(), dout, w.s, slot, row0, H, w.h);
         if (threadIdx.x < 64) {
             const int i = static_cast<int>(threadIdx.x);
-            const int32_t pos = slot_pos32(w.s, slot + i);
-            qpos[st * 64 + i] = pos;
-            // +inf: P = 0 for a query slot without a position (its Q and dO rows are zeros)
-            lse2s[st * 64 + i] = pos >= 0 ? lse[stat0 + pos] * kLog2e : INFINITY;
-            dls[st * 64 + i] = pos >= 0 ? delta[stat0 + pos] : 0.0f;
+            query_stats(qpos, lse2s, dls, st * 64 + i, slot_pos32(w.s, slot + i), lse, delta,
+                        stat0);
         }
     };
-    bwd_load_rows<DQ>(ks, k, w.s, w.slot0, row0, H, w.h);
-    bwd_load_rows<DV>(vs, v, w.s, w.slot0, row0, H, w.h);
+    load_rows_sw128<DQ>(ks, opaque_tid(), k, w.s, w.slot0, row0, H, w.h);
+    load_rows_sw128<DV>(vs, opaque_tid(), v, w.s, w.slot0, row0, H, w.h);
     if (n_chunks > 0) issue(0);
     cp_async_commit();
 
@@ -317,88 +204,21 @@ __global__ void __launch_bounds__(128, 1)
         const float *l2 = lse2s + st * 64, *dlt = dls + st * 64;
         const uint8_t mode = L.modeT[e0 + t / per];
         if (cta_groups(mode) == 0) continue; // the entry computes none of the CTA's keys
+        // A warp whose 16 keys the entry never computes takes P^T = 0 (the mma kernel skips
+        // it; here the warpgroup multiplies together).
         const MaskDesc &md = L.masks[mode];
         const uint32_t kso = opaque(ks), vo = opaque(vs);
-        float s[32];
-        zero32(s);
-        wgmma_fence();
-#pragma unroll
-        for (int kk = 0; kk < DQ / 16; ++kk)
-            wgmma_ss<0>(s, desc_kmajor(kso, 64, kk), desc_kmajor(qt, 64, kk));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(s);
-        // A warp whose 16 keys the entry never computes takes P^T = 0 (the mma kernel skips
-        // it; here the warpgroup multiplies together). Uniform over the warp.
-        if ((md.groups >> (ko >> 4)) & 1u) {
-            const ChunkMask cm = {0, md.lo, md.hi, 1u, md.flags};
-            const uint32_t rbits = ((md.cols[ko >> 5] >> (ko & 31)) & 1u) |
-                                   (((md.cols[(ko + 8) >> 5] >> ((ko + 8) & 31)) & 1u) << 1);
-            mask_scores<64, false>(as_tiles(s), kp, qpt, cm, rbits, scale_log2, L, w, lane);
-#pragma unroll
-            for (int j = 0; j < 32; ++j) // element j is query column 8 (j / 4) + 2 t + j % 2
-                s[j] = exp2f(s[j] - l2[(j >> 2) * 8 + (lane & 3) * 2 + (j & 1)]);
-        } else {
-            zero32(s);
-        }
-        // dV += P^T dO and dP^T = V dO^T in one batch. dP^T is computed only now, not with
-        // S^T: its 32 accumulators live across the mask would make the dk, dv ones spill.
-        uint32_t a[4][4];
-        frags_from(a, s);
-        float dp[32];
-        zero32(dp);
-        wgmma_fence(); // a and dp were written by ordinary code
-#pragma unroll
-        for (int p = 0; p < NV; ++p)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(dva[p], a[kk], desc_nmajor(dot, 64, p, kk));
-#pragma unroll
-        for (int kk = 0; kk < DV / 16; ++kk)
-            wgmma_ss<0>(dp, desc_kmajor(vo, 64, kk), desc_kmajor(dot, 64, kk));
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(dp);
-#pragma unroll
-        for (int p = 0; p < NV; ++p) fence_regs(dva[p]);
-#pragma unroll
-        for (int j = 0; j < 32; ++j) // dS^T
-            dp[j] = s[j] * (dp[j] - dlt[(j >> 2) * 8 + (lane & 3) * 2 + (j & 1)]);
-        frags_from(a, dp);
-        wgmma_fence();
-#pragma unroll
-        for (int p = 0; p < NQ; ++p)
-#pragma unroll
-            for (int kk = 0; kk < 4; ++kk) wgmma_rs<1>(dka[p], a[kk], desc_nmajor(qt, 64, p, kk));
-        wgmma_commit();
-        wgmma_wait<0>(); // before the stage is refilled and a is rewritten
-#pragma unroll
-        for (int p = 0; p < NQ; ++p) fence_regs(dka[p]);
+        dkdv_chunk<DQ, DV>(dka, dva, kso, vo, qt, dot, dlt, lane, [&](float(&s)[32]) {
+            keys_to_p(s, md, ko, kp, qpt, l2, scale_log2, L, w, lane);
+        });
     }
     cp_async_wait_all(); // nothing in flight at exit when the list was empty
 
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         if (kp[r] < 0) continue;
-        float *dkd = dk + ((row0 + kp[r]) * H + w.h) * DQ + (lane & 3) * 2;
-#pragma unroll
-        for (int p = 0; p < NQ; ++p)
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                float2 x = *reinterpret_cast<float2 *>(dkd + p * 64 + i * 8);
-                x.x += scale * dka[p][4 * i + 2 * r];
-                x.y += scale * dka[p][4 * i + 2 * r + 1];
-                *reinterpret_cast<float2 *>(dkd + p * 64 + i * 8) = x;
-            }
-        float *dvd = dv + ((row0 + kp[r]) * H + w.h) * DV + (lane & 3) * 2;
-#pragma unroll
-        for (int p = 0; p < NV; ++p)
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-                float2 x = *reinterpret_cast<float2 *>(dvd + p * 64 + i * 8);
-                x.x += dva[p][4 * i + 2 * r];
-                x.y += dva[p][4 * i + 2 * r + 1];
-                *reinterpret_cast<float2 *>(dvd + p * 64 + i * 8) = x;
-            }
+        add_row<NQ>(dk + ((row0 + kp[r]) * H + w.h) * DQ + (lane & 3) * 2, dka, r, scale);
+        add_row<NV>(dv + ((row0 + kp[r]) * H + w.h) * DV + (lane & 3) * 2, dva, r, 1.0f);
     }
 #else
     __trap();
@@ -433,7 +253,7 @@ bool wg_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayo
                            const float *delta, float *dq, float *dk, float *dv, int32_t B,
                            int32_t T, int32_t Dq, int32_t Dv, float scale) {
     const int32_t bs = dl.view.bs;
-    if (bs != 64 && bs != 128) return false;
+    if (bs != 32 && bs != 64 && bs != 128) return false;
     void (*f)(const std::shared_ptr<Context> &, const DeviceLayout &, int32_t, const bf16 *,
               const bf16 *, const bf16 *, const bf16 *, const float *, const float *, float *,
               float *, float *, int32_t, int32_t, float) = nullptr;
@@ -444,7 +264,12 @@ bool wg_attention_backward(const std::shared_ptr<Context> &ctx, const DeviceLayo
     else if (Dq == 64 && Dv == 128)
         f = wg_backward<64, 128>;
     if (!f || !wgmma_usable(ctx.get())) return false;
-    if (ctx->ok()) f(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, scale);
+    if (!ctx->ok()) return true;
+    if (bs == 32)
+        wg_pairs_backward(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, Dq, Dv,
+                          scale);
+    else
+        f(ctx, dl, pass, q, k, v, dout, lse, delta, dq, dk, dv, B, T, scale);
     return true;
 }
 

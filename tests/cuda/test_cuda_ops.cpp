@@ -290,6 +290,23 @@ static const AttnCase kAttnCases[] = {
     {"local:100+strided:100", 700, 680, 64, 1, 64, 128},
     {"fixed:128:32:2", 400, 390, 64, 2, 64, 128},
     {"local:100", 400, 333, 128, 1, 64, 128},
+    // Blocks of 32 at the Hopper kernels' head dims: two blocks a CTA there
+    // (attention_wgmma_pairs.cu), over the union of their lists with a mask per half. Odd block
+    // counts (the last pair has one block), a single block, the enwik8 pattern fixed:128:32 and
+    // its G, merged and per-head patterns, batch > 1.
+    {"fixed:128:32", 970, 950, 32, 2, 64, 64},
+    {"fixed:128:32:4", 970, 970, 32, 1, 128, 128},
+    {"fixed:128:32:2", 1100, 1090, 32, 2, 64, 128},
+    {"local:100+fixed:128:32", 800, 777, 32, 2, 64, 64},
+    {"local:64", 500, 480, 32, 3, 128, 128},
+    {"local:40", 330, 300, 32, 2, 64, 128},
+    {"strided:32", 700, 690, 32, 2, 64, 64},
+    {"local:32+strided:32", 1000, 990, 32, 1, 128, 128},
+    {"dense", 290, 270, 32, 2, 64, 64},
+    {"dense", 200, 199, 32, 1, 64, 128},
+    {"dense", 20, 20, 32, 2, 128, 128},
+    {"[fixed:128:32;local:64;strided:16]", 600, 590, 32, 2, 64, 64},
+    {NULL, 330, 320, 32, 2, 128, 128},
 };
 
 static void run_attention_case(const AttnCase &c, CudaOps &ops, double bound, uint64_t seed) {
@@ -364,11 +381,13 @@ static void test_attention(void **state) {
 }
 
 /* Running the same backward twice gives the same bits (no atomics), in fp32 and in bf16 (the
- * tensor-core kernels), with blocks of 16 and of 64. */
+ * tensor-core kernels), with blocks of 16, 32 (pairs of blocks on Hopper) and 64. */
 static void test_attention_deterministic(void **state) {
     (void)state;
     const AttnCase cases[] = {{"local:16+strided:16", 100, 100, 16, 2, 64, 64},
-                              {"local:64+strided:32", 400, 390, 64, 2, 64, 64}};
+                              {"local:64+strided:32", 400, 390, 64, 2, 64, 64},
+                              {"fixed:128:32:2", 700, 690, 32, 2, 64, 64},
+                              {"local:48+strided:32", 330, 320, 32, 2, 64, 64}};
     for (const AttnCase &c : cases)
         for (int prec = 0; prec < 3; ++prec) {
             CudaOps &ops = prec == 2 ? g_bf16_mma : prec ? g_bf16 : g_fp32;
