@@ -80,17 +80,18 @@ __device__ __forceinline__ void mask_half(float (&s4)[8][4], int32_t m, const in
                           0u, scale_log2, L, w, lane);
 }
 
-// P^T of half HALF of a dk, dv chunk (keys_to_p), zeros where m < 0.
+// P^T of half HALF of a dk, dv chunk (keys_to_p; lse: the natural-log lse of the stage's
+// queries), zeros where m < 0.
 template <int HALF>
 __device__ __forceinline__ void p_half(float (&s)[32], int32_t m, int ko, const int32_t (&kp)[2],
-                                       const int32_t *qpt, const float *l2, float scale_log2,
+                                       const int32_t *qpt, const float *lse, float scale_log2,
                                        const LayoutView &L, const Work &w, int lane) {
     if (m < 0) {
 #pragma unroll
         for (int i = 16 * HALF; i < 16 * HALF + 16; ++i) s[i] = 0.0f;
         return;
     }
-    keys_to_p<32, 32 * HALF>(s, L.masks[m], ko, kp, qpt, l2, scale_log2, L, w, lane);
+    keys_to_p<32, 32 * HALF, true>(s, L.masks[m], ko, kp, qpt, lse, scale_log2, L, w, lane);
 }
 
 // Rows of chunk c's two blocks into the 64-row tile at `tile` (block blk[h] from row 32 h):
@@ -302,8 +303,8 @@ __global__ void __launch_bounds__(128, 1)
     const uint32_t ks = smem_addr(smem), vs = ks + kQ;
     const uint32_t qs = vs + kV, dos = qs + 2 * kQ; // two stages each
     int32_t *qpos = reinterpret_cast<int32_t *>(smem + 3 * (kQ + kV));
-    float *lse2s = reinterpret_cast<float *>(qpos + 2 * 64);
-    float *dls = lse2s + 2 * 64;
+    float *lses = reinterpret_cast<float *>(qpos + 2 * 64); // natural log: keys_to_p scales
+    float *dls = lses + 2 * 64;
     PairShared &ps = *reinterpret_cast<PairShared *>(dls + 2 * 64);
 
     Work w;
@@ -334,17 +335,17 @@ __global__ void __launch_bounds__(128, 1)
             load_pair<DV, true>(dos + st * kV, dout, c, w, row0, H);
             if (threadIdx.x < 64) {
                 const int i = st * 64 + static_cast<int>(threadIdx.x);
-                query_stats(qpos, lse2s, dls, i, pair_pos(c, w, i & 63), lse, delta, stat0);
+                query_stats_async(qpos, lses, dls, i, pair_pos(c, w, i & 63), lse, delta, stat0);
             }
         },
         [&](const PairChunk &c, int st) {
             const int32_t *qpt = qpos + st * 64;
-            const float *l2 = lse2s + st * 64;
+            const float *ln = lses + st * 64;
             const int32_t m0 = c.mode(0, half), m1 = c.mode(1, half);
             dkdv_chunk<DQ, DV>(dka, dva, opaque(ks), opaque(vs), qs + st * kQ, dos + st * kV,
                                dls + st * 64, lane, [&](float(&s)[32]) {
-                                   p_half<0>(s, m0, ko, kp, qpt, l2, scale_log2, L, w, lane);
-                                   p_half<1>(s, m1, ko, kp, qpt, l2, scale_log2, L, w, lane);
+                                   p_half<0>(s, m0, ko, kp, qpt, ln, scale_log2, L, w, lane);
+                                   p_half<1>(s, m1, ko, kp, qpt, ln, scale_log2, L, w, lane);
                                });
         });
 
