@@ -288,6 +288,55 @@ void append_orders(std::vector<int32_t> &order, const std::vector<int64_t> &ptr,
     order.insert(order.end(), pairs.begin(), pairs.end());
 }
 
+// Block size 32: the chunks of each pair's union (PairChunk, two entries a chunk in ascending
+// order, each with the mode of either half where listed), appended to `order` after the pairs'
+// ranks (ptr, idx, mode, first, n as for append_orders; masks for the groups): the (n + 1) / 2
+// + 1 offsets of the pairs' chunks, then the chunks at *chunk_off. False where a pass has more
+// chunks than the int32 offsets reach.
+bool append_pair_chunks(std::vector<int32_t> &order, const std::vector<int64_t> &ptr,
+                        const std::vector<int32_t> &idx, const std::vector<uint8_t> &mode,
+                        const std::vector<MaskDesc> &masks, size_t first, int32_t n,
+                        int64_t *chunk_off) {
+    auto at = [&](int32_t i) { return ptr[first + static_cast<size_t>(i)]; };
+    const int32_t np = (n + 1) / 2;
+    const size_t offs = order.size();
+    order.resize(offs + static_cast<size_t>(np) + 1);
+    std::vector<PairChunk> chunks;
+    for (int32_t p = 0; p < np; ++p) {
+        order[offs + static_cast<size_t>(p)] = static_cast<int32_t>(chunks.size());
+        const bool second = 2 * p + 1 < n;
+        int64_t a[2] = {at(2 * p), second ? at(2 * p + 1) : 0};
+        const int64_t end[2] = {at(2 * p + 1), second ? at(2 * p + 2) : 0};
+        while (a[0] < end[0] || a[1] < end[1]) {
+            PairChunk c{{-1, -1}, 0u, 0u};
+            for (int h = 0; h < 2; ++h) {
+                int32_t x[2];
+                for (int r = 0; r < 2; ++r)
+                    x[r] = a[r] < end[r] ? idx[static_cast<size_t>(a[r])] : INT32_MAX;
+                const int32_t j = std::min(x[0], x[1]);
+                if (j == INT32_MAX) break;
+                c.blk[h] = j;
+                for (int r = 0; r < 2; ++r) {
+                    if (x[r] != j) continue;
+                    const uint8_t m = mode[static_cast<size_t>(a[r]++)];
+                    c.modes |= static_cast<uint32_t>(m) << (16 * h + 8 * r);
+                    c.bits |= (1u << (4 + 2 * h + r)) | ((masks[m].groups & 3u) << (2 * h));
+                }
+            }
+            chunks.push_back(c);
+        }
+        if (chunks.size() > static_cast<size_t>(INT32_MAX)) return false;
+    }
+    order[offs + static_cast<size_t>(np)] = static_cast<int32_t>(chunks.size());
+    order.resize((order.size() + 3) / 4 * 4, 0); // 16-byte aligned chunks
+    *chunk_off = static_cast<int64_t>(order.size());
+    order.resize(order.size() + 4 * chunks.size());
+    if (!chunks.empty())
+        std::memcpy(&order[static_cast<size_t>(*chunk_off)], chunks.data(),
+                    chunks.size() * sizeof(PairChunk));
+    return true;
+}
+
 std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context> &ctx,
                                                   const Layout &lay) {
     std::vector<DevPass> passes;
@@ -359,6 +408,17 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
                           ap.n_qblocks);
             append_orders(orderT, colT_ptr, colT_idx, static_cast<size_t>(p.colT_ptr_off),
                           ap.n_qblocks);
+            if (lay.block_size == 32 &&
+                (!append_pair_chunks(order, row_ptr, col_idx, mode, masks,
+                                     static_cast<size_t>(p.row_ptr_off), ap.n_qblocks,
+                                     &p.chunk_off) ||
+                 !append_pair_chunks(orderT, colT_ptr, colT_idx, modeT, masks,
+                                     static_cast<size_t>(p.colT_ptr_off), ap.n_qblocks,
+                                     &p.chunkT_off))) {
+                ctx->err = fail(STX_ERR_UNSUPPORTED,
+                                "CUDA attention: a pass of more than 2^31 pairs of entries");
+                return nullptr;
+            }
             dl->max_qblocks = std::max(dl->max_qblocks, ap.n_qblocks);
             passes.push_back(p);
         }

@@ -22,7 +22,34 @@ struct DevPass {
     // and its (n_qblocks + 1) / 2 entries of order and orderT that rank the pairs of blocks
     // (2 p, 2 p + 1) by the length of the union of their lists (attention_wgmma_pairs.cu)
     int64_t pair_off;
+    // Block size 32 only (0 elsewhere): after the ranks, at pair_off + (n_qblocks + 1) / 2,
+    // (n_qblocks + 1) / 2 + 1 offsets (int32, in PairChunks from chunk_off) of each pair's
+    // chunks, and at chunk_off (a multiple of 4) the PairChunks of the pairs' unions: of the
+    // CSR lists in order, of the transposed lists at chunkT_off in orderT.
+    int64_t chunk_off, chunkT_off;
 };
+
+// A stage of the walk of attention_wgmma_pairs.cu over the union of the ascending lists of
+// blocks 2 p and 2 p + 1 (row halves r = 0, 1), built on the host (attention.cu) and copied
+// as is into shared memory: union entries 2 t and 2 t + 1, the second -1 at an odd end.
+struct PairChunk {
+    int32_t blk[2]; // the other side's blocks (-1: none)
+    uint32_t modes; // byte 2 c + r: the mask index of the entry (r, blk[c]) where listed
+    // bits 2 c, 2 c + 1: the 16-row groups of blk[c] some entry computes; bit 4 + 2 c + r:
+    // (r, blk[c]) is listed
+    uint32_t bits;
+
+    // The mask index of (r, blk[c]), -1 where that entry is not listed.
+    __host__ __device__ int32_t mode(int c, int r) const {
+        return (bits >> (4 + 2 * c + r)) & 1u
+                   ? static_cast<int32_t>((modes >> (16 * c + 8 * r)) & 0xffu)
+                   : -1;
+    }
+    __host__ __device__ uint32_t groups(int c) const { return (bits >> (2 * c)) & 3u; }
+    // some warp computes something
+    __host__ __device__ bool live() const { return (bits & 15u) != 0; }
+};
+static_assert(sizeof(PairChunk) == 16, "one cp.async of 16 bytes");
 
 struct DevComp {
     int32_t kind, l, c, g;

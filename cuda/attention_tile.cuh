@@ -30,6 +30,12 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void *src, bool v
                  "l"(__cvta_generic_to_global(src)), "r"(valid ? 16 : 0)
                  : "memory");
 }
+// 4 bytes global -> shared, zero-filled when !valid (src is then never read).
+__device__ __forceinline__ void cp_async4(uint32_t dst, const void *src, bool valid) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(dst),
+                 "l"(__cvta_generic_to_global(src)), "r"(valid ? 4 : 0)
+                 : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() {
     asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
@@ -142,6 +148,21 @@ __device__ __forceinline__ void query_stats(int32_t *qpos, float *lse2s, float *
     qpos[i] = pos;
     lse2s[i] = pos >= 0 ? lse[stat0 + pos] * kLog2e : INFINITY;
     dls[i] = pos >= 0 ? delta[stat0 + pos] : 0.0f;
+}
+
+// query_stats without waiting for the loads: lse (natural log, for keys_to_p<.., true>) and
+// delta copied by cp.async where pos >= 0, there after the caller's cp_async_wait_all.
+__device__ __forceinline__ void query_stats_async(int32_t *qpos, float *lses, float *dls, int i,
+                                                  int32_t pos, const float *lse, const float *delta,
+                                                  int64_t stat0) {
+    qpos[i] = pos;
+    if (pos >= 0) {
+        cp_async4(smem_addr(lses + i), lse + stat0 + pos, true);
+        cp_async4(smem_addr(dls + i), delta + stat0 + pos, true);
+    } else {
+        lses[i] = INFINITY;
+        dls[i] = 0.0f;
+    }
 }
 
 // An entry's mask over a chunk of N <= 64 keys at offset koff of their block: the key-column

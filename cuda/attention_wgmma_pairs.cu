@@ -17,16 +17,15 @@
 // fwd_chunk, dq_chunk, dkdv_chunk); the launch order ranks pairs by the length of the union
 // (the pass's pair_off in order, orderT).
 //
-// The walk: thread 0 keeps the two lists' positions in shared memory and, before the barrier
-// that opens chunk t, writes what chunk t + 1 holds (PairChunk: its blocks, the mode of each
-// (block, half), the 16-row groups any entry computes) into the slot of three that no thread
-// reads any more; after the barrier every thread reads it to issue the loads of chunk t + 1.
+// The walk: the host merged each pair's two lists into chunks (PairChunk, attention_tc.cuh:
+// two blocks, the mode of each (block, half), the 16-row groups any entry computes; in order
+// for the CSR lists, orderT for the transposed ones). After the barrier that opens chunk t,
+// thread 0 copies chunk t + 2 (cp.async, with the stage of chunk t + 1) into the slot of three
+// that no thread reads any more; the next barrier makes it visible to every thread.
 //
 // Zero fill, as in the 64-row kernels: rows of a block no entry computes (or of a missing
 // second block) are zeros (cp.async with src-size 0), never stale shared memory, since a
 // wgmma multiplies all 64 rows and 0 * NaN = NaN.
-#include <climits>
-
 #include "attention_tile.cuh"
 #include "wgmma.cuh"
 
@@ -34,22 +33,9 @@ namespace stx {
 namespace cuda {
 namespace {
 
-// A stage of the union: two blocks of the other side, rows 0-31 and 32-63.
-struct PairChunk {
-    int32_t blk[2];     // -1: none (the union ended; zeros)
-    int32_t mode[2][2]; // [c][r]: mask index of the entry (row half r, blk[c]); -1: not listed
-    uint32_t groups[2]; // 16-row groups (bits 0, 1) of blk[c] that some entry computes
-    int32_t live;       // groups[0] | groups[1]: some warp computes something
-};
-
-// The two lists of the walk: entries at[r] .. end[r] - 1 of idx are left.
-struct PairWalk {
-    int64_t at[2], end[2];
-};
-
 struct PairShared {
-    PairChunk chunk[3]; // chunk t in slot t % 3
-    PairWalk walk;
+    PairChunk chunk[3];          // chunk t in slot t % 3 (rows 0-31: blk[0], 32-63: blk[1])
+    const PairChunk *next, *end; // thread 0: the chunks of the union not copied yet
 };
 
 template <int DQ, int DV> struct PairShapes {
@@ -65,36 +51,15 @@ template <int DQ, int DV> struct PairShapes {
 // The device code below exists in sm_90a device passes only (STX_WGMMA); elsewhere the kernels
 // are stubs that are never launched (wgmma_usable).
 #if STX_WGMMA
-// Thread 0: the walk over the lists of blocks 2 pair and 2 pair + 1 (ptr: the pass's n + 1
-// list offsets; the second list empty where 2 pair + 1 = n).
-__device__ void pair_start(PairWalk &wk, const int64_t *ptr, int32_t pair, int32_t n) {
-    wk.at[0] = ptr[2 * pair];
-    wk.end[0] = ptr[2 * pair + 1];
-    const bool second = 2 * pair + 1 < n;
-    wk.at[1] = second ? ptr[2 * pair + 1] : 0;
-    wk.end[1] = second ? ptr[2 * pair + 2] : 0;
-}
-
-// Thread 0: the next two blocks of the union into c.
-__device__ void pair_next(PairWalk &wk, const int32_t *idx, const uint8_t *mode,
-                          const MaskDesc *masks, PairChunk &c) {
-    for (int h = 0; h < 2; ++h) {
-        int32_t x[2];
-        for (int r = 0; r < 2; ++r) x[r] = wk.at[r] < wk.end[r] ? idx[wk.at[r]] : INT_MAX;
-        const int32_t j = min(x[0], x[1]);
-        uint32_t g = 0;
-        for (int r = 0; r < 2; ++r) {
-            int32_t m = -1;
-            if (j != INT_MAX && x[r] == j) {
-                m = mode[wk.at[r]++];
-                g |= masks[m].groups;
-            }
-            c.mode[h][r] = m;
-        }
-        c.blk[h] = j == INT_MAX ? -1 : j;
-        c.groups[h] = g & 3u;
+// Thread 0: the next chunk of the walk into slot `slot` (cp.async), or one with blk[0] = -1
+// where the union is done.
+__device__ __forceinline__ void pair_fetch(PairShared &ps, int slot) {
+    if (ps.next < ps.end) {
+        cp_async16(smem_addr(&ps.chunk[slot]), ps.next, true);
+        ++ps.next;
+    } else {
+        ps.chunk[slot].blk[0] = -1;
     }
-    c.live = (c.groups[0] | c.groups[1]) != 0;
 }
 
 // Half HALF (columns 32 HALF .. + 31) of a chunk's scores for the thread's query rows qp:
@@ -115,17 +80,18 @@ __device__ __forceinline__ void mask_half(float (&s4)[8][4], int32_t m, const in
                           0u, scale_log2, L, w, lane);
 }
 
-// P^T of half HALF of a dk, dv chunk (keys_to_p), zeros where m < 0.
+// P^T of half HALF of a dk, dv chunk (keys_to_p; lse: the natural-log lse of the stage's
+// queries), zeros where m < 0.
 template <int HALF>
 __device__ __forceinline__ void p_half(float (&s)[32], int32_t m, int ko, const int32_t (&kp)[2],
-                                       const int32_t *qpt, const float *l2, float scale_log2,
+                                       const int32_t *qpt, const float *lse, float scale_log2,
                                        const LayoutView &L, const Work &w, int lane) {
     if (m < 0) {
 #pragma unroll
         for (int i = 16 * HALF; i < 16 * HALF + 16; ++i) s[i] = 0.0f;
         return;
     }
-    keys_to_p<32, 32 * HALF>(s, L.masks[m], ko, kp, qpt, l2, scale_log2, L, w, lane);
+    keys_to_p<32, 32 * HALF, true>(s, L.masks[m], ko, kp, qpt, lse, scale_log2, L, w, lane);
 }
 
 // Rows of chunk c's two blocks into the 64-row tile at `tile` (block blk[h] from row 32 h):
@@ -136,7 +102,7 @@ __device__ __forceinline__ void load_pair(uint32_t tile, const bf16 *src, const 
 #pragma unroll
     for (int h = 0; h < 2; ++h)
         load_rows_sw128<D, 32>(tile, opaque_tid(), src, w.s, c.blk[h] * 32, row0, H, w.h,
-                               WHOLE ? (c.groups[h] ? ~0u : 0u) : c.groups[h], 32 * h);
+                               WHOLE ? (c.groups(h) ? ~0u : 0u) : c.groups(h), 32 * h);
 }
 
 // The position of row i (< 64) of chunk c's stage, -1 for none.
@@ -162,45 +128,53 @@ __device__ __forceinline__ void mask_pair(float (&s4)[8][4], const PairChunk &c,
                                           const int32_t (&qp)[2], const int32_t *kpos,
                                           float scale_log2, const LayoutView &L, const Work &w) {
     const int half = threadIdx.x >> 6, lane = threadIdx.x & 31;
-    mask_half<0>(s4, c.mode[0][half], qp, kpos, scale_log2, L, w, lane);
-    mask_half<1>(s4, c.mode[1][half], qp, kpos, scale_log2, L, w, lane);
+    mask_half<0>(s4, c.mode(0, half), qp, kpos, scale_log2, L, w, lane);
+    mask_half<1>(s4, c.mode(1, half), qp, kpos, scale_log2, L, w, lane);
 }
 
-// The lists a CTA walks: ptr (the pass's n + 1 offsets) into idx, with mode per entry.
-struct PairLists {
-    const int64_t *ptr;
-    const int32_t *idx;
-    const uint8_t *mode;
-};
-
-// The chunk loop of the three kernels. Thread 0 starts the walk; every chunk t, before the
-// barrier that opens it, writes chunk t + 1 into its slot (last read at t - 2); after the
-// barrier all threads issue the loads of chunk t + 1 into stage (t + 1) & 1 (issue(c, st)),
-// then compute(c, st) multiplies chunk t's stage if some entry computes any of it. Ends, all
-// copies waited for, when the union is done.
+// The chunk loop of the three kernels over the chunks of pair w.blk (offs: the pass's
+// offsets of the pairs' chunks, chunks: its first chunk; order or orderT). Thread 0 copies
+// chunks 0 and 1; every chunk t, after the barrier that opens it, all threads issue the loads
+// of chunk t + 1 into stage (t + 1) & 1 (issue(c, st)) and thread 0 copies chunk t + 2 into
+// its slot (last read at t - 1), then compute(c, st) multiplies chunk t's stage if some entry
+// computes any of it. Ends, all copies waited for, when the union is done.
 template <typename Issue, typename Compute>
-__device__ __forceinline__ void pair_loop(PairShared &ps, const PairLists &pl,
-                                          const MaskDesc *masks, const Work &w, int32_t n,
-                                          Issue &&issue, Compute &&compute) {
+__device__ __forceinline__ void pair_loop(PairShared &ps, const int32_t *offs,
+                                          const PairChunk *chunks, const Work &w, Issue &&issue,
+                                          Compute &&compute) {
     if (threadIdx.x == 0) {
-        pair_start(ps.walk, pl.ptr, w.blk, n);
-        pair_next(ps.walk, pl.idx, pl.mode, masks, ps.chunk[0]);
+        ps.next = chunks + offs[w.blk];
+        ps.end = chunks + offs[w.blk + 1];
+        pair_fetch(ps, 0);
+        pair_fetch(ps, 1);
     }
-    __syncthreads(); // chunk 0's blocks
+    cp_async_commit();
+    cp_async_wait_all();
+    __syncthreads(); // chunks 0 and 1
     if (ps.chunk[0].blk[0] >= 0) issue(ps.chunk[0], 0);
     cp_async_commit();
     for (int32_t t = 0;; ++t) {
-        if (threadIdx.x == 0) pair_next(ps.walk, pl.idx, pl.mode, masks, ps.chunk[(t + 1) % 3]);
         cp_async_wait_all();
         fence_proxy_async(); // this thread's copies, before wgmma reads them
-        __syncthreads();     // stage t landed for all; stage t + 1 (read at t - 1) is free
+        __syncthreads();     // stage t and chunk t + 1 landed for all; stage t + 1 (read at
+                             // t - 1) and the slot of chunk t + 2 (at t - 1) are free
         const PairChunk &c = ps.chunk[t % 3], &next = ps.chunk[(t + 1) % 3];
         if (c.blk[0] < 0) break; // the union is done (uniform: shared memory)
         if (next.blk[0] >= 0) issue(next, (t + 1) & 1);
+        if (threadIdx.x == 0) pair_fetch(ps, (t + 2) % 3);
         cp_async_commit();
-        if (c.live) compute(c, t & 1);
+        if (c.live()) compute(c, t & 1);
     }
     cp_async_wait_all(); // nothing in flight at exit
+}
+
+// pair_loop's offs and chunks in `order` (order or orderT; chunk_off: P's chunk_off or
+// chunkT_off).
+__device__ __forceinline__ const int32_t *pair_offs(const int32_t *order, const DevPass &P) {
+    return order + P.pair_off + (P.n_qblocks + 1) / 2;
+}
+__device__ __forceinline__ const PairChunk *pair_chunks(const int32_t *order, int64_t chunk_off) {
+    return reinterpret_cast<const PairChunk *>(order + chunk_off);
 }
 
 #endif // STX_WGMMA
@@ -239,7 +213,7 @@ __global__ void __launch_bounds__(128, 1)
     float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f}; // log2 units
 
     pair_loop(
-        ps, {L.row_ptr + P.row_ptr_off, L.col_idx, L.mode}, L.masks, w, P.n_qblocks,
+        ps, pair_offs(L.order, P), pair_chunks(L.order, P.chunk_off), w,
         [&](const PairChunk &c, int st) {
             load_keys<DQ, DV>(c, st, ks, vs, kpos, k, v, w, row0, H);
         },
@@ -292,7 +266,7 @@ __global__ void __launch_bounds__(128, 1)
     for (int p = 0; p < DQ / 64; ++p) zero32(acc[p]);
 
     pair_loop(
-        ps, {L.row_ptr + P.row_ptr_off, L.col_idx, L.mode}, L.masks, w, P.n_qblocks,
+        ps, pair_offs(L.order, P), pair_chunks(L.order, P.chunk_off), w,
         [&](const PairChunk &c, int st) {
             load_keys<DQ, DV>(c, st, ks, vs, kpos, k, v, w, row0, H);
         },
@@ -329,8 +303,8 @@ __global__ void __launch_bounds__(128, 1)
     const uint32_t ks = smem_addr(smem), vs = ks + kQ;
     const uint32_t qs = vs + kV, dos = qs + 2 * kQ; // two stages each
     int32_t *qpos = reinterpret_cast<int32_t *>(smem + 3 * (kQ + kV));
-    float *lse2s = reinterpret_cast<float *>(qpos + 2 * 64);
-    float *dls = lse2s + 2 * 64;
+    float *lses = reinterpret_cast<float *>(qpos + 2 * 64); // natural log: keys_to_p scales
+    float *dls = lses + 2 * 64;
     PairShared &ps = *reinterpret_cast<PairShared *>(dls + 2 * 64);
 
     Work w;
@@ -354,24 +328,24 @@ __global__ void __launch_bounds__(128, 1)
     for (int p = 0; p < DV / 64; ++p) zero32(dva[p]);
 
     pair_loop(
-        ps, {L.colT_ptr + P.colT_ptr_off, L.colT_idx, L.modeT}, L.masks, w, P.n_qblocks,
+        ps, pair_offs(L.orderT, P), pair_chunks(L.orderT, P.chunkT_off), w,
         [&](const PairChunk &c, int st) {
             // a query block no warp computes with stays zeros
             load_pair<DQ, true>(qs + st * kQ, q, c, w, row0, H);
             load_pair<DV, true>(dos + st * kV, dout, c, w, row0, H);
             if (threadIdx.x < 64) {
                 const int i = st * 64 + static_cast<int>(threadIdx.x);
-                query_stats(qpos, lse2s, dls, i, pair_pos(c, w, i & 63), lse, delta, stat0);
+                query_stats_async(qpos, lses, dls, i, pair_pos(c, w, i & 63), lse, delta, stat0);
             }
         },
         [&](const PairChunk &c, int st) {
             const int32_t *qpt = qpos + st * 64;
-            const float *l2 = lse2s + st * 64;
-            const int32_t m0 = c.mode[0][half], m1 = c.mode[1][half];
+            const float *ln = lses + st * 64;
+            const int32_t m0 = c.mode(0, half), m1 = c.mode(1, half);
             dkdv_chunk<DQ, DV>(dka, dva, opaque(ks), opaque(vs), qs + st * kQ, dos + st * kV,
                                dls + st * 64, lane, [&](float(&s)[32]) {
-                                   p_half<0>(s, m0, ko, kp, qpt, l2, scale_log2, L, w, lane);
-                                   p_half<1>(s, m1, ko, kp, qpt, l2, scale_log2, L, w, lane);
+                                   p_half<0>(s, m0, ko, kp, qpt, ln, scale_log2, L, w, lane);
+                                   p_half<1>(s, m1, ko, kp, qpt, ln, scale_log2, L, w, lane);
                                });
         });
 

@@ -396,8 +396,9 @@ __device__ __forceinline__ void dkdv_chunk(float (&dka)[DQ / 64][32], float (&dv
 
 // P^T of a dkdv chunk from S^T for the thread's key rows (positions kp; offset ko of the
 // first in its block) against the N query columns at `from` of the chunk (positions qpt, lse
-// in log2 units l2), under mask md; zeros where md computes none of the warp's keys.
-template <int N = 64, int FROM = 0>
+// in log2 units l2; natural-log lse where LN, scaled here as query_stats would), under mask
+// md; zeros where md computes none of the warp's keys.
+template <int N = 64, int FROM = 0, bool LN = false>
 __device__ __forceinline__ void
 keys_to_p(float (&s)[32], const MaskDesc &md, int ko, const int32_t (&kp)[2], const int32_t *qpt,
           const float *l2, float scale_log2, const LayoutView &L, const Work &w, int lane) {
@@ -411,8 +412,10 @@ keys_to_p(float (&s)[32], const MaskDesc &md, int ko, const int32_t (&kp)[2], co
 #pragma unroll
         for (int n = 0; n < N / 8; ++n) // element i of tile n is query column 8 n + 2 t + i % 2
 #pragma unroll
-            for (int i = 0; i < 4; ++i)
-                st[n][i] = exp2f(st[n][i] - l2[FROM + n * 8 + (lane & 3) * 2 + (i & 1)]);
+            for (int i = 0; i < 4; ++i) {
+                const float l = l2[FROM + n * 8 + (lane & 3) * 2 + (i & 1)];
+                st[n][i] = exp2f(st[n][i] - (LN ? __fmul_rn(l, kLog2e) : l));
+            }
     } else {
 #pragma unroll
         for (int n = 0; n < N / 8; ++n)
