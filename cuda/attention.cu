@@ -419,6 +419,11 @@ std::shared_ptr<DeviceLayout> build_device_layout(const std::shared_ptr<Context>
                                 "CUDA attention: a pass of more than 2^31 pairs of entries");
                 return nullptr;
             }
+            // order and orderT share each pass's order_off: the two chunk lists differ in
+            // length, so the shorter array is padded to the longer.
+            const size_t both = std::max(order.size(), orderT.size());
+            order.resize(both, 0);
+            orderT.resize(both, 0);
             dl->max_qblocks = std::max(dl->max_qblocks, ap.n_qblocks);
             passes.push_back(p);
         }
