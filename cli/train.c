@@ -426,22 +426,25 @@ static void check_weights(run *r, int64_t step) {
 static void setup_dist(run *r) {
     const options *o = &r->o;
     stx_dist_id id;
+    memset(&id, 0, sizeof id);
     const int world = r->env.world, rank = r->env.rank;
-    char err[600];
-    if (world > 1) {
-        if (rank == 0) {
-            if (stx_dist_unique_id(&id) != STX_OK) stx_cli_die(g_prog, "data parallel");
-            if (dist_rendezvous_publish(o->rendezvous, &id, err, sizeof err) != 0)
-                stx_cli_fail(g_prog, "%s", err);
-        } else if (dist_rendezvous_read(o->rendezvous, o->dist_timeout, &id, err, sizeof err) !=
-                   0) {
-            stx_cli_fail(g_prog, "%s", err);
-        }
-    }
     const int32_t device = r->cfg.backend == STX_BACKEND_CUDA ? r->cfg.device : STX_DIST_CPU;
+    /* A CPU world of several ranks has no NCCL id to publish: stx_dist_create refuses it below
+     * with the reason, in a build without NCCL too (where stx_dist_unique_id would fail first,
+     * saying less). */
+    const int publish = world > 1 && rank == 0 && device != STX_DIST_CPU;
+    char err[600];
+    if (publish) {
+        if (stx_dist_unique_id(&id) != STX_OK) stx_cli_die(g_prog, "data parallel");
+        if (dist_rendezvous_publish(o->rendezvous, &id, err, sizeof err) != 0)
+            stx_cli_fail(g_prog, "%s", err);
+    } else if (world > 1 && rank > 0 &&
+               dist_rendezvous_read(o->rendezvous, o->dist_timeout, &id, err, sizeof err) != 0) {
+        stx_cli_fail(g_prog, "%s", err);
+    }
     const stx_status st =
         stx_dist_create(rank, world, world > 1 ? &id : NULL, device, o->dist_timeout, &r->dist);
-    if (world > 1 && rank == 0) unlink(o->rendezvous); /* everyone joined (or gave up) */
+    if (publish) unlink(o->rendezvous); /* everyone joined (or gave up) */
     if (st != STX_OK) stx_cli_die(g_prog, "data parallel");
     stx_dist_options dopt;
     stx_dist_options_init(&dopt);
