@@ -64,14 +64,8 @@ static inline double *stx_test_params(const stx_model *m, size_t *total) {
 static inline void stx_test_small_config(stx_config *cfg, int32_t n_ctx, int32_t precision,
                                          int32_t n_threads, uint64_t seed) {
     CHECK_OK(stx_config_init(cfg));
-    cfg->n_layer = 2;
-    cfg->n_embd = 16;
-    cfg->n_head = 2;
-    cfg->n_ctx = n_ctx;
-    cfg->block_size = 16;
-    cfg->precision = precision;
-    cfg->n_threads = n_threads;
-    cfg->seed = seed;
+    cfg->n_layer = 2, cfg->n_embd = 16, cfg->n_head = 2, cfg->block_size = 16;
+    cfg->n_ctx = n_ctx, cfg->precision = precision, cfg->n_threads = n_threads, cfg->seed = seed;
     strcpy(cfg->pattern, "local:8+strided:8");
 }
 
