@@ -1,9 +1,9 @@
 /*
  * model_fixtures.h: what the whole-model tests share (include after harness.h): CHECK_OK,
- * the element count of a parameter tensor, every parameter or gradient read back, a small
- * model's config, fresh random weights written into one or more models (W_out included: at
- * its zero init every other gradient vanishes and a comparison would pass vacuously), and a
- * random causal user layout for a layer.
+ * the element count of a parameter tensor, the step and dropout counters, every parameter or
+ * gradient read back, a small model's config, fresh random weights written into one or more
+ * models (W_out included: at its zero init every other gradient vanishes and a comparison
+ * would pass vacuously), and a random causal user layout for a layer.
  */
 #ifndef STX_TEST_MODEL_FIXTURES_H
 #define STX_TEST_MODEL_FIXTURES_H
@@ -25,6 +25,19 @@ static inline int64_t stx_test_numel(const stx_model *m, int32_t i, const char *
     CHECK_OK(stx_param_info(m, i, name, &ndim, shape));
     for (int32_t d = 0; d < ndim; ++d) n *= shape[d];
     return n;
+}
+
+/* The model's optimizer step count and its dropout counter. */
+static inline int64_t stx_test_step(const stx_model *m) {
+    int64_t s = -1;
+    CHECK_OK(stx_model_get_step(m, &s));
+    return s;
+}
+
+static inline uint64_t stx_test_dropout_counter(const stx_model *m) {
+    uint64_t c = 0;
+    CHECK_OK(stx_model_get_dropout_counter(m, &c));
+    return c;
 }
 
 /* Every parameter (grads 0) or every parameter gradient (grads 1) of the model in table

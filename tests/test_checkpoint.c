@@ -76,6 +76,15 @@ static void randomize(stx_model *m, uint64_t seed) {
     stx_test_randomize(&m, 1, seed, 0.3);
 }
 
+/* A model of cfg with random weights (seed) and set_schedule's optimizer. */
+static stx_model *scheduled_model(const stx_config *cfg, uint64_t seed) {
+    stx_model *m = NULL;
+    CHECK_OK(stx_model_create(cfg, &m));
+    randomize(m, seed);
+    set_schedule(m);
+    return m;
+}
+
 /* One optimizer step on the batch of global step `index` (the same bytes in every run). */
 static double train_step(stx_model *m, int64_t index) {
     stx_config cfg;
@@ -234,11 +243,8 @@ static void round_trip(int32_t precision, const char *file) {
     path_in(path, sizeof path, file);
     stx_config cfg;
     make_config(&cfg, precision);
-    stx_model *a = NULL;
-    CHECK_OK(stx_model_create(&cfg, &a));
+    stx_model *a = scheduled_model(&cfg, 77);
     assert_string_equal(stx_model_app_state(a), "");
-    randomize(a, 77);
-    set_schedule(a);
     for (int s = 0; s < 3; ++s) train_step(a, s);
     CHECK_OK(stx_model_set_training(a, 0));
     const char *app = "data_rng=123\nposition=456\n";
@@ -256,15 +262,9 @@ static void round_trip(int32_t precision, const char *file) {
     expect_same_config(&ca, &cb);
     expect_same_params(a, b);
     assert_string_equal(stx_model_app_state(b), app);
-    int64_t sa = 0, sb = 0;
-    CHECK_OK(stx_model_get_step(a, &sa));
-    CHECK_OK(stx_model_get_step(b, &sb));
-    assert_int_equal(sa, 3);
-    assert_int_equal(sb, 3);
-    uint64_t da = 0, db = 0;
-    CHECK_OK(stx_model_get_dropout_counter(a, &da));
-    CHECK_OK(stx_model_get_dropout_counter(b, &db));
-    assert_true(da == 3 && db == 3);
+    assert_int_equal(stx_test_step(a), 3);
+    assert_int_equal(stx_test_step(b), 3);
+    assert_true(stx_test_dropout_counter(a) == 3 && stx_test_dropout_counter(b) == 3);
 
     /* The training flag came back (0: no dropout), then the same masks with it on. */
     uint8_t tokens[B_TRAIN * T_TRAIN];
@@ -274,8 +274,7 @@ static void round_trip(int32_t precision, const char *file) {
     CHECK_OK(stx_forward(a, tokens, B_TRAIN, T_TRAIN, &la));
     CHECK_OK(stx_forward(b, tokens, B_TRAIN, T_TRAIN, &lb));
     assert_true(la == lb);
-    CHECK_OK(stx_model_get_dropout_counter(b, &db));
-    assert_true(db == 3); /* training 0: the counter did not move */
+    assert_true(stx_test_dropout_counter(b) == 3); /* training 0: the counter did not move */
     CHECK_OK(stx_model_set_training(a, 1));
     CHECK_OK(stx_model_set_training(b, 1));
     CHECK_OK(stx_forward(a, tokens, B_TRAIN, T_TRAIN, &la));
@@ -290,8 +289,7 @@ static void round_trip(int32_t precision, const char *file) {
     CHECK_OK(stx_model_load(path, STX_BACKEND_AUTO, 0, &d));
     expect_same_params(c, d);
     assert_string_equal(stx_model_app_state(d), "");
-    CHECK_OK(stx_model_get_step(d, &sb));
-    assert_int_equal(sb, 0);
+    assert_int_equal(stx_test_step(d), 0);
 
     stx_model_free(a);
     stx_model_free(b);
@@ -317,17 +315,11 @@ static void resume_equals_uninterrupted(int32_t precision, const char *file) {
     stx_config cfg;
     make_config(&cfg, precision);
 
-    stx_model *a = NULL;
-    CHECK_OK(stx_model_create(&cfg, &a));
-    randomize(a, 9);
-    set_schedule(a);
+    stx_model *a = scheduled_model(&cfg, 9);
     double losses_a[6];
     for (int s = 0; s < 6; ++s) losses_a[s] = train_step(a, s);
 
-    stx_model *b = NULL;
-    CHECK_OK(stx_model_create(&cfg, &b));
-    randomize(b, 9);
-    set_schedule(b);
+    stx_model *b = scheduled_model(&cfg, 9);
     for (int s = 0; s < 3; ++s) assert_true(train_step(b, s) == losses_a[s]);
     CHECK_OK(stx_model_save(b, path, "step=3\n"));
     stx_model_free(b);
@@ -340,15 +332,9 @@ static void resume_equals_uninterrupted(int32_t precision, const char *file) {
                      losses_a[s]);
     }
     expect_same_params(a, b);
-    int64_t sa = 0, sb = 0;
-    CHECK_OK(stx_model_get_step(a, &sa));
-    CHECK_OK(stx_model_get_step(b, &sb));
-    assert_int_equal(sa, 6);
-    assert_int_equal(sb, 6);
-    uint64_t da = 0, db = 0;
-    CHECK_OK(stx_model_get_dropout_counter(a, &da));
-    CHECK_OK(stx_model_get_dropout_counter(b, &db));
-    assert_true(da == db);
+    assert_int_equal(stx_test_step(a), 6);
+    assert_int_equal(stx_test_step(b), 6);
+    assert_true(stx_test_dropout_counter(a) == stx_test_dropout_counter(b));
     stx_model_free(a);
     stx_model_free(b);
 }

@@ -74,12 +74,6 @@ static void expect_same_snapshot(stx_model *m, const double *before, size_t n, c
     free(after);
 }
 
-static int64_t step_of(stx_model *m) {
-    int64_t s = -1;
-    CHECK_OK(stx_model_get_step(m, &s));
-    return s;
-}
-
 static void good_step(stx_model *m, const uint8_t *tokens) {
     double loss = 0.0, lr = 0.0, norm = 0.0;
     CHECK_OK(stx_forward(m, tokens, B, T, &loss));
@@ -159,7 +153,7 @@ static void skip_case(int32_t precision, int good_before, double value) {
     poke(a, "h.0.ff.w1", 1, 3, value, NULL);
     size_t n = 0;
     double *before = stx_test_params(a, &n);
-    const int64_t step_before = step_of(a);
+    const int64_t step_before = stx_test_step(a);
     stx_optim_config opt;
     CHECK_OK(stx_model_get_optimizer(a, &opt));
     double lr = -1.0, norm = 0.0;
@@ -180,7 +174,7 @@ static void skip_case(int32_t precision, int good_before, double value) {
     assert_true(lr == stx_optim_lr_at(&opt, step_before)); /* the rate it would have used */
     expect_same_snapshot(a, before, n, "after a skipped step");
     free(before);
-    assert_int_equal(step_of(a), step_before);
+    assert_int_equal(stx_test_step(a), step_before);
 
     /* The gradients are consumed: a step or a backward now is out of order. */
     assert_int_equal(stx_optimizer_step(a, NULL, NULL), STX_ERR_STATE);
@@ -193,8 +187,8 @@ static void skip_case(int32_t precision, int good_before, double value) {
         good_step(a, tokens);
         good_step(b, tokens);
     }
-    assert_int_equal(step_of(a), good_before + 3);
-    assert_int_equal(step_of(b), good_before + 3);
+    assert_int_equal(stx_test_step(a), good_before + 3);
+    assert_int_equal(stx_test_step(b), good_before + 3);
     expect_same_params(a, b, "skipped-step model vs its twin after 3 good steps");
     stx_model_free(a);
     stx_model_free(b);
@@ -232,7 +226,7 @@ static void test_consecutive_skips(void **state) {
         CHECK_OK(stx_backward(a));
         poke(a, k % 2 ? "ln_f.g" : "w_out", 1, 0, k % 2 ? (double)INFINITY : (double)NAN, NULL);
         assert_int_equal(stx_optimizer_step(a, NULL, NULL), STX_STEP_SKIPPED);
-        assert_int_equal(step_of(a), 1);
+        assert_int_equal(stx_test_step(a), 1);
     }
     expect_same_params(a, b, "after 4 skipped steps");
     fill_batch(tokens, 2);
@@ -274,7 +268,7 @@ static void test_nan_weight(void **state) {
     assert_non_null(strstr(stx_last_error(), "not finite"));
     expect_same_snapshot(a, before, n, "NaN weight: after the skipped step");
     free(before);
-    assert_int_equal(step_of(a), 1);
+    assert_int_equal(stx_test_step(a), 1);
 
     poke(a, "h.0.ff.w1", 0, 0, old, NULL);
     expect_same_params(a, b, "with the weight put back");
