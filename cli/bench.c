@@ -265,11 +265,7 @@ static int bench_train(int argc, char **argv) {
     int device_index = 0, recompute = -1, device = 1, precision = 1, csv = 0;
     const char *pattern = NULL;
     stx_cli_opt opts[] = {
-        STX_OPT("preset", 0, STX_OPT_STRING, &preset, "enwik8",
-                "enwik8, cifar10, imagenet64 or tiny"),
-        STX_OPT("layers", 0, STX_OPT_INT, &layers, "preset", "override n_layer"),
-        STX_OPT("width", 0, STX_OPT_INT, &width, "preset", "override n_embd"),
-        STX_OPT("heads", 0, STX_OPT_INT, &heads, "preset", "override n_head"),
+        BENCH_PRESET_OPTS(&preset, &layers, &width, &heads),
         STX_OPT("block", 0, STX_OPT_INT, &block, "preset",
                 "override the attention block size (32, 64 or 128: Hopper's wgmma kernels)"),
         STX_OPT("ctx", 0, STX_OPT_INT, &ctx, "preset", "override n_ctx (one position axis)"),
@@ -277,9 +273,7 @@ static int bench_train(int argc, char **argv) {
         STX_OPT("recompute", 0, STX_OPT_INT, &recompute, "preset", "0 or 1"),
         STX_OPT("batch", 0, STX_OPT_INT, &batch, "1", "sequences per step"),
         STX_OPT("steps", 0, STX_OPT_INT, &steps, "3", "timed steps after one warm-up step"),
-        STX_OPT_CHOICE("device", 0, &device, "cpu|cuda", "cuda", "backend"),
-        STX_OPT("device-index", 0, STX_OPT_INT, &device_index, "0", "CUDA device"),
-        STX_OPT_CHOICE("precision", 0, &precision, "fp32|bf16", "bf16", "precision (cpu: fp32)"),
+        BENCH_BACKEND_OPTS(&device, &device_index, &precision),
         STX_OPT("csv", 0, STX_OPT_FLAG, &csv, NULL, "print CSV instead of a table"),
         STX_OPT_END};
     stx_cli cli = {"sparsetx-bench train", "[options]",
@@ -393,9 +387,7 @@ static int bench_long(int argc, char **argv) {
                 "L of local:L,strided:L"),
         STX_OPT("runs", 0, STX_OPT_INT, &runs, "3", "timed steps after a warm-up; medians"),
         STX_OPT("recompute", 0, STX_OPT_INT, &recompute, "1", "0 or 1"),
-        STX_OPT_CHOICE("device", 0, &device, "cpu|cuda", "cuda", "backend"),
-        STX_OPT("device-index", 0, STX_OPT_INT, &device_index, "0", "CUDA device"),
-        STX_OPT_CHOICE("precision", 0, &precision, "fp32|bf16", "bf16", "precision (cpu: fp32)"),
+        BENCH_BACKEND_OPTS(&device, &device_index, &precision),
         STX_OPT_END};
     stx_cli cli = {"sparsetx-bench long", "[options]",
                    "Long sequences: a strided model (local:L,strided:L, L the power of two "
@@ -505,9 +497,7 @@ static int bench_depth(int argc, char **argv) {
         STX_OPT("batch", 0, STX_OPT_INT, &batch, "16", "sequences per step"),
         STX_OPT("runs", 0, STX_OPT_INT, &runs, "1", "timed steps after a warm-up"),
         STX_OPT("recompute", 0, STX_OPT_INT, &recompute, "1", "0 or 1"),
-        STX_OPT_CHOICE("device", 0, &device, "cpu|cuda", "cuda", "backend"),
-        STX_OPT("device-index", 0, STX_OPT_INT, &device_index, "0", "CUDA device"),
-        STX_OPT_CHOICE("precision", 0, &precision, "fp32|bf16", "bf16", "precision (cpu: fp32)"),
+        BENCH_BACKEND_OPTS(&device, &device_index, &precision),
         STX_OPT_END};
     stx_cli cli = {"sparsetx-bench depth", "[options]",
                    "Depth: peak memory of whole training steps (Adam moments included) at each "

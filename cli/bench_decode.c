@@ -105,11 +105,7 @@ int stx_bench_decode(int argc, char **argv) {
     int naive = 1;
     int device = 1, precision = 1, full = 1;
     stx_cli_opt opts[] = {
-        STX_OPT("preset", 0, STX_OPT_STRING, &preset, "enwik8",
-                "enwik8, cifar10, imagenet64 or tiny"),
-        STX_OPT("layers", 0, STX_OPT_INT, &layers, "preset", "override n_layer"),
-        STX_OPT("width", 0, STX_OPT_INT, &width, "preset", "override n_embd"),
-        STX_OPT("heads", 0, STX_OPT_INT, &heads, "preset", "override n_head"),
+        BENCH_PRESET_OPTS(&preset, &layers, &width, &heads),
         STX_OPT("ctx", 0, STX_OPT_INT, &ctx, "preset",
                 "override n_ctx (position shape [n_ctx / 256, 256])"),
         STX_OPT("pattern", 0, STX_OPT_STRING, &pattern, "preset", "override the pattern"),
@@ -121,9 +117,7 @@ int stx_bench_decode(int argc, char **argv) {
                 "positions of table 2, comma-separated"),
         STX_OPT("steps", 0, STX_OPT_INT, &steps, "50", "decoder steps timed per position"),
         STX_OPT("naive", 0, STX_OPT_INT, &naive, "1", "1: time the naive sampler too"),
-        STX_OPT_CHOICE("device", 0, &device, "cpu|cuda", "cuda", "backend"),
-        STX_OPT("device-index", 0, STX_OPT_INT, &device_index, "0", "CUDA device"),
-        STX_OPT_CHOICE("precision", 0, &precision, "fp32|bf16", "bf16", "precision (cpu: fp32)"),
+        BENCH_BACKEND_OPTS(&device, &device_index, &precision),
         STX_OPT_END};
     stx_cli cli = {"sparsetx-bench decode", "[options]",
                    "Times sampling: stx_sample over every position, and the decoder against "

@@ -17,6 +17,19 @@ void bench_preset_config(stx_config *cfg, const char *prog, const char *preset, 
  * fp32) choices into cfg. bench.c. */
 void bench_set_backend(stx_config *cfg, int device, int device_index, int precision);
 
+/* Option table entries (common_args.h) of those choices: --preset and the overrides of the
+ * preset's n_layer, n_embd and n_head (enwik8 by default), and the backend's three. */
+#define BENCH_PRESET_OPTS(preset, layers, width, heads)                                            \
+    STX_OPT("preset", 0, STX_OPT_STRING, (preset), "enwik8",                                       \
+            "enwik8, cifar10, imagenet64 or tiny"),                                                \
+        STX_OPT("layers", 0, STX_OPT_INT, (layers), "preset", "override n_layer"),                 \
+        STX_OPT("width", 0, STX_OPT_INT, (width), "preset", "override n_embd"),                    \
+        STX_OPT("heads", 0, STX_OPT_INT, (heads), "preset", "override n_head")
+#define BENCH_BACKEND_OPTS(device, device_index, precision)                                        \
+    STX_OPT_CHOICE("device", 0, (device), "cpu|cuda", "cuda", "backend"),                          \
+        STX_OPT("device-index", 0, STX_OPT_INT, (device_index), "0", "CUDA device"),               \
+        STX_OPT_CHOICE("precision", 0, (precision), "fp32|bf16", "bf16", "precision (cpu: fp32)")
+
 /* sparsetx-bench decode (bench_decode.c): argv[0] is "decode". */
 int stx_bench_decode(int argc, char **argv);
 

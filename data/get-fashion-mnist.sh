@@ -10,25 +10,17 @@
 # Idempotent.   usage: data/get-fashion-mnist.sh
 set -euo pipefail
 
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 dir=/usr/share/datasets/fashion-mnist
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "get-fashion-mnist.sh: need root (or sudo) to run: $*" >&2
-        exit 1
-    fi
-}
+# shellcheck source=SCRIPTDIR/common.sh
+. "$here/common.sh"
 
 if dpkg -s dataset-fashion-mnist >/dev/null 2>&1 && [ -d "$dir" ]; then
     echo "get-fashion-mnist.sh: dataset-fashion-mnist is installed"
 else
     echo "get-fashion-mnist.sh: installing Debian's dataset-fashion-mnist with apt-get"
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y dataset-fashion-mnist
+    apt_install dataset-fashion-mnist
 fi
 
 echo "get-fashion-mnist.sh: the gzip IDX files are in $dir:"

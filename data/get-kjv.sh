@@ -9,24 +9,14 @@ set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-$here/kjv.txt}"
 
-# Runs a command as root: directly when we are root, else through sudo when there is one.
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "get-kjv.sh: need root (or sudo) to run: $*" >&2
-        exit 1
-    fi
-}
+# shellcheck source=SCRIPTDIR/common.sh
+. "$here/common.sh"
 
 if command -v bible >/dev/null 2>&1; then
     echo "get-kjv.sh: 'bible' is installed ($(command -v bible))"
 else
     echo "get-kjv.sh: 'bible' not found: installing Debian's bible-kjv with apt-get"
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y bible-kjv
+    apt_install bible-kjv
 fi
 
 if [ -s "$out" ]; then

@@ -13,24 +13,15 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 out="${1:-$here/speech.wav}"
 rate=12000
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        echo "make-audio.sh: need root (or sudo) to run: $*" >&2
-        exit 1
-    fi
-}
+# shellcheck source=SCRIPTDIR/common.sh
+. "$here/common.sh"
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
 command -v sox >/dev/null 2>&1 || missing+=(sox)
 if [ "${#missing[@]}" -gt 0 ]; then
     echo "make-audio.sh: installing ${missing[*]} with apt-get"
-    as_root apt-get update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y "${missing[@]}"
+    apt_install "${missing[@]}"
 else
     echo "make-audio.sh: espeak-ng and sox are installed"
 fi

@@ -49,6 +49,36 @@ template <typename S> S neg_inf() {
     return -std::numeric_limits<S>::infinity();
 }
 
+// Calls fn(bh, b, h) for every (b, h) of B x H, in parallel (each is independent).
+template <typename Fn> void for_each_head(int32_t B, int32_t H, Fn &&fn) {
+    const int64_t BH = static_cast<int64_t>(B) * H;
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t bh = 0; bh < BH; ++bh)
+        fn(bh, static_cast<int32_t>(bh / H), static_cast<int32_t>(bh % H));
+}
+
+// The forward's buffers, sliced to one (b, h).
+template <typename S> struct ForwardRows {
+    HeadRows<const S> q, k, v;
+    HeadRows<S> out;
+    ForwardRows(S *out_, const S *q_, const S *k_, const S *v_, int32_t b, int32_t h, int32_t T,
+                int32_t H, int32_t Dq, int32_t Dv)
+        : q(head_rows(q_, b, h, T, H, Dq)), k(head_rows(k_, b, h, T, H, Dq)),
+          v(head_rows(v_, b, h, T, H, Dv)), out(head_rows(out_, b, h, T, H, Dv)) {}
+};
+
+// The backward's buffers, sliced to one (b, h).
+template <typename S> struct BackwardRows {
+    HeadRows<const S> q, k, v, out, dout;
+    HeadRows<S> dq, dk, dv;
+    BackwardRows(S *dq_, S *dk_, S *dv_, const S *dout_, const S *q_, const S *k_, const S *v_,
+                 const S *out_, int32_t b, int32_t h, int32_t T, int32_t H, int32_t Dq, int32_t Dv)
+        : q(head_rows(q_, b, h, T, H, Dq)), k(head_rows(k_, b, h, T, H, Dq)),
+          v(head_rows(v_, b, h, T, H, Dv)), out(head_rows(out_, b, h, T, H, Dv)),
+          dout(head_rows(dout_, b, h, T, H, Dv)), dq(head_rows(dq_, b, h, T, H, Dq)),
+          dk(head_rows(dk_, b, h, T, H, Dq)), dv(head_rows(dv_, b, h, T, H, Dv)) {}
+};
+
 // Calls fn(qp, keys) for every query position qp < T of pass `p` of head `h`, with `keys`
 // the key positions that pass computes for it (kp < T, kp <= qp, pass_allows), found by
 // walking the pass's active key blocks. `keys` may be empty.
@@ -116,23 +146,20 @@ S attend_row(S *o, const S *q_row, const HeadRows<const S> &k, const HeadRows<co
 //   P = exp(scale q.k - lse), dv[k] += P dout, dS = P (dout.v[k] - Dt),
 //   dq += scale dS k[k], dk[k] += scale dS q.
 template <typename S>
-void attend_row_backward(const HeadRows<S> &dq, const HeadRows<S> &dk, const HeadRows<S> &dv,
-                         const HeadRows<const S> &dout, const HeadRows<const S> &q,
-                         const HeadRows<const S> &k, const HeadRows<const S> &v, int64_t qp,
-                         const std::vector<int64_t> &keys, S lse, S Dt, int32_t Dq, int32_t Dv,
-                         S scale) {
-    const S *q_row = q[qp];
-    const S *do_row = dout[qp];
-    S *dq_row = dq[qp];
+void attend_row_backward(const BackwardRows<S> &r, int64_t qp, const std::vector<int64_t> &keys,
+                         S lse, S Dt, int32_t Dq, int32_t Dv, S scale) {
+    const S *q_row = r.q[qp];
+    const S *do_row = r.dout[qp];
+    S *dq_row = r.dq[qp];
     for (int64_t kp : keys) {
-        const S *k_row = k[kp];
-        const S *v_row = v[kp];
+        const S *k_row = r.k[kp];
+        const S *v_row = r.v[kp];
         const S P = std::exp(scale * dot(q_row, k_row, Dq) - lse);
-        S *dv_row = dv[kp];
+        S *dv_row = r.dv[kp];
         for (int32_t d = 0; d < Dv; ++d) dv_row[d] += P * do_row[d];
         const S dP = dot(do_row, v_row, Dv);
         const S dS = P * (dP - Dt);
-        S *dk_row = dk[kp];
+        S *dk_row = r.dk[kp];
         for (int32_t d = 0; d < Dq; ++d) {
             dq_row[d] += scale * dS * k_row[d];
             dk_row[d] += scale * dS * q_row[d];
@@ -147,14 +174,8 @@ void attention_forward(S *out, S *lse, const S *q, const S *k, const S *v, const
                        int32_t B, int32_t T, int32_t Dq, int32_t Dv, double scale) {
     const int32_t H = layout.n_head;
     const S sc = static_cast<S>(scale);
-    const int64_t BH = static_cast<int64_t>(B) * H;
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-        const int32_t b = static_cast<int32_t>(bh / H), h = static_cast<int32_t>(bh % H);
-        const HeadRows<const S> qh = head_rows(q, b, h, T, H, Dq);
-        const HeadRows<const S> kh = head_rows(k, b, h, T, H, Dq);
-        const HeadRows<const S> vh = head_rows(v, b, h, T, H, Dv);
-        const HeadRows<S> oh = head_rows(out, b, h, T, H, Dv);
+    for_each_head(B, H, [&](int64_t bh, int32_t b, int32_t h) {
+        const ForwardRows<S> r(out, q, k, v, b, h, T, H, Dq, Dv);
         S *lse_h = lse + bh * T;
 
         // Each pass's normalized result and log-sum-exp per row, then their combination.
@@ -165,12 +186,12 @@ void attention_forward(S *out, S *lse, const S *q, const S *k, const S *v, const
         std::vector<int64_t> keys;
         std::vector<S> scores;
         for (size_t p = 0; p < n_pass; ++p) {
-            for_each_pass_row(layout, h, p, T, keys,
-                              [&](int64_t qp, const std::vector<int64_t> &ks) {
-                                  const size_t r = p * rows + static_cast<size_t>(qp);
-                                  pass_lse[r] = attend_row(&pass_out[r * static_cast<size_t>(Dv)],
-                                                           qh[qp], kh, vh, ks, scores, Dq, Dv, sc);
-                              });
+            for_each_pass_row(
+                layout, h, p, T, keys, [&](int64_t qp, const std::vector<int64_t> &ks) {
+                    const size_t i = p * rows + static_cast<size_t>(qp);
+                    pass_lse[i] = attend_row(&pass_out[i * static_cast<size_t>(Dv)], r.q[qp], r.k,
+                                             r.v, ks, scores, Dq, Dv, sc);
+                });
         }
         // lse = log sum_p exp(lse_p); out = sum_p exp(lse_p - lse) o_p.
         for (int64_t t = 0; t < T; ++t) {
@@ -181,18 +202,18 @@ void attention_forward(S *out, S *lse, const S *q, const S *k, const S *v, const
             for (size_t p = 0; p < n_pass; ++p)
                 total += std::exp(pass_lse[p * rows + static_cast<size_t>(t)] - m);
             const S l = m + std::log(total); // finite: key t is always allowed
-            S *o_row = oh[t];
+            S *o_row = r.out[t];
             std::fill(o_row, o_row + Dv, S(0));
             for (size_t p = 0; p < n_pass; ++p) {
-                const size_t r = p * rows + static_cast<size_t>(t);
-                if (pass_lse[r] == neg_inf<S>()) continue;
-                const S w = std::exp(pass_lse[r] - l);
-                const S *po = &pass_out[r * static_cast<size_t>(Dv)];
+                const size_t i = p * rows + static_cast<size_t>(t);
+                if (pass_lse[i] == neg_inf<S>()) continue;
+                const S w = std::exp(pass_lse[i] - l);
+                const S *po = &pass_out[i * static_cast<size_t>(Dv)];
                 for (int32_t d = 0; d < Dv; ++d) o_row[d] += w * po[d];
             }
             lse_h[t] = l;
         }
-    }
+    });
 }
 
 template <typename S>
@@ -201,34 +222,24 @@ void attention_backward(S *dq, S *dk, S *dv, const S *dout, const S *q, const S 
                         int32_t Dq, int32_t Dv, double scale) {
     const int32_t H = layout.n_head;
     const S sc = static_cast<S>(scale);
-    const int64_t BH = static_cast<int64_t>(B) * H;
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-        const int32_t b = static_cast<int32_t>(bh / H), h = static_cast<int32_t>(bh % H);
-        const HeadRows<const S> qh = head_rows(q, b, h, T, H, Dq);
-        const HeadRows<const S> kh = head_rows(k, b, h, T, H, Dq);
-        const HeadRows<const S> vh = head_rows(v, b, h, T, H, Dv);
-        const HeadRows<const S> oh = head_rows(out, b, h, T, H, Dv);
-        const HeadRows<const S> doh = head_rows(dout, b, h, T, H, Dv);
-        const HeadRows<S> dqh = head_rows(dq, b, h, T, H, Dq);
-        const HeadRows<S> dkh = head_rows(dk, b, h, T, H, Dq);
-        const HeadRows<S> dvh = head_rows(dv, b, h, T, H, Dv);
+    for_each_head(B, H, [&](int64_t bh, int32_t b, int32_t h) {
+        const BackwardRows<S> r(dq, dk, dv, dout, q, k, v, out, b, h, T, H, Dq, Dv);
         const S *lse_h = lse + bh * T;
 
         // D[t] = dout[t] . out[t], the softmax backward's row term (over all passes).
         std::vector<S> Drow(static_cast<size_t>(T));
-        for (int64_t t = 0; t < T; ++t) Drow[static_cast<size_t>(t)] = dot(doh[t], oh[t], Dv);
+        for (int64_t t = 0; t < T; ++t) Drow[static_cast<size_t>(t)] = dot(r.dout[t], r.out[t], Dv);
 
         std::vector<int64_t> keys;
         const size_t n_pass = layout.heads[static_cast<size_t>(h)].passes.size();
         for (size_t p = 0; p < n_pass; ++p) {
-            for_each_pass_row(
-                layout, h, p, T, keys, [&](int64_t qp, const std::vector<int64_t> &ks) {
-                    attend_row_backward(dqh, dkh, dvh, doh, qh, kh, vh, qp, ks, lse_h[qp],
-                                        Drow[static_cast<size_t>(qp)], Dq, Dv, sc);
-                });
+            for_each_pass_row(layout, h, p, T, keys,
+                              [&](int64_t qp, const std::vector<int64_t> &ks) {
+                                  attend_row_backward(r, qp, ks, lse_h[qp],
+                                                      Drow[static_cast<size_t>(qp)], Dq, Dv, sc);
+                              });
         }
-    }
+    });
 }
 
 template <typename S>
@@ -237,21 +248,15 @@ void attention_dense_forward(S *out, S *lse, const S *q, const S *k, const S *v,
                              double scale) {
     const int32_t H = layout.n_head;
     const S sc = static_cast<S>(scale);
-    const int64_t BH = static_cast<int64_t>(B) * H;
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-        const int32_t b = static_cast<int32_t>(bh / H), h = static_cast<int32_t>(bh % H);
-        const HeadRows<const S> qh = head_rows(q, b, h, T, H, Dq);
-        const HeadRows<const S> kh = head_rows(k, b, h, T, H, Dq);
-        const HeadRows<const S> vh = head_rows(v, b, h, T, H, Dv);
-        const HeadRows<S> oh = head_rows(out, b, h, T, H, Dv);
+    for_each_head(B, H, [&](int64_t bh, int32_t b, int32_t h) {
+        const ForwardRows<S> r(out, q, k, v, b, h, T, H, Dq, Dv);
         std::vector<int64_t> keys;
         std::vector<S> scores;
         for (int64_t t = 0; t < T; ++t) {
             dense_keys(layout, h, t, keys);
-            lse[bh * T + t] = attend_row(oh[t], qh[t], kh, vh, keys, scores, Dq, Dv, sc);
+            lse[bh * T + t] = attend_row(r.out[t], r.q[t], r.k, r.v, keys, scores, Dq, Dv, sc);
         }
-    }
+    });
 }
 
 template <typename S>
@@ -260,25 +265,15 @@ void attention_dense_backward(S *dq, S *dk, S *dv, const S *dout, const S *q, co
                               int32_t B, int32_t T, int32_t Dq, int32_t Dv, double scale) {
     const int32_t H = layout.n_head;
     const S sc = static_cast<S>(scale);
-    const int64_t BH = static_cast<int64_t>(B) * H;
-#pragma omp parallel for schedule(dynamic)
-    for (int64_t bh = 0; bh < BH; ++bh) {
-        const int32_t b = static_cast<int32_t>(bh / H), h = static_cast<int32_t>(bh % H);
-        const HeadRows<const S> qh = head_rows(q, b, h, T, H, Dq);
-        const HeadRows<const S> kh = head_rows(k, b, h, T, H, Dq);
-        const HeadRows<const S> vh = head_rows(v, b, h, T, H, Dv);
-        const HeadRows<const S> oh = head_rows(out, b, h, T, H, Dv);
-        const HeadRows<const S> doh = head_rows(dout, b, h, T, H, Dv);
-        const HeadRows<S> dqh = head_rows(dq, b, h, T, H, Dq);
-        const HeadRows<S> dkh = head_rows(dk, b, h, T, H, Dq);
-        const HeadRows<S> dvh = head_rows(dv, b, h, T, H, Dv);
+    for_each_head(B, H, [&](int64_t bh, int32_t b, int32_t h) {
+        const BackwardRows<S> r(dq, dk, dv, dout, q, k, v, out, b, h, T, H, Dq, Dv);
         std::vector<int64_t> keys;
         for (int64_t t = 0; t < T; ++t) {
             dense_keys(layout, h, t, keys);
-            attend_row_backward(dqh, dkh, dvh, doh, qh, kh, vh, t, keys, lse[bh * T + t],
-                                dot(doh[t], oh[t], Dv), Dq, Dv, sc);
+            attend_row_backward(r, t, keys, lse[bh * T + t], dot(r.dout[t], r.out[t], Dv), Dq, Dv,
+                                sc);
         }
-    }
+    });
 }
 
 #define STX_INSTANTIATE_ATTENTION(S)                                                               \

@@ -1,6 +1,7 @@
 /*
  * model_fixtures.h: what the whole-model tests share (include after harness.h): CHECK_OK,
- * the element count of a parameter tensor, fresh random weights written into one or more
+ * the element count of a parameter tensor, the step and dropout counters, every parameter or
+ * gradient read back, a small model's config, fresh random weights written into one or more
  * models (W_out included: at its zero init every other gradient vanishes and a comparison
  * would pass vacuously), and a random causal user layout for a layer.
  */
@@ -18,7 +19,7 @@
     } while (0)
 
 /* Elements of parameter tensor i; its name through *name. */
-static inline int64_t stx_test_numel(stx_model *m, int32_t i, const char **name) {
+static inline int64_t stx_test_numel(const stx_model *m, int32_t i, const char **name) {
     int32_t ndim;
     int64_t shape[STX_MAX_DIMS], n = 1;
     CHECK_OK(stx_param_info(m, i, name, &ndim, shape));
@@ -26,24 +27,59 @@ static inline int64_t stx_test_numel(stx_model *m, int32_t i, const char **name)
     return n;
 }
 
-/* Every parameter gradient of the model in table order, as doubles (exact for float ones):
- * malloc'ed, *total elements. */
-static inline double *stx_test_grads(stx_model *m, size_t *total) {
+/* The model's optimizer step count and its dropout counter. */
+static inline int64_t stx_test_step(const stx_model *m) {
+    int64_t s = -1;
+    CHECK_OK(stx_model_get_step(m, &s));
+    return s;
+}
+
+static inline uint64_t stx_test_dropout_counter(const stx_model *m) {
+    uint64_t c = 0;
+    CHECK_OK(stx_model_get_dropout_counter(m, &c));
+    return c;
+}
+
+/* Every parameter (grads 0) or every parameter gradient (grads 1) of the model in table
+ * order, as doubles (exact for float ones): malloc'ed, *total elements. */
+static inline double *stx_test_tensors(const stx_model *m, int grads, size_t *total) {
     int32_t count = 0;
     int64_t n = 0;
     CHECK_OK(stx_param_count(m, &count));
     CHECK_OK(stx_param_total(m, &n));
-    double *g = (double *)malloc((size_t)n * sizeof *g);
-    assert_non_null(g);
+    double *all = (double *)malloc((size_t)n * sizeof *all);
+    assert_non_null(all);
     size_t at = 0;
     for (int32_t i = 0; i < count; ++i) {
         const char *name;
         const int64_t numel = stx_test_numel(m, i, &name);
-        CHECK_OK(stx_grad_read(m, name, STX_DTYPE_F64, g + at, (size_t)numel));
+        if (grads)
+            CHECK_OK(stx_grad_read(m, name, STX_DTYPE_F64, all + at, (size_t)numel));
+        else
+            CHECK_OK(stx_param_read(m, name, STX_DTYPE_F64, all + at, (size_t)numel));
         at += (size_t)numel;
     }
+    assert_int_equal(at, (size_t)n);
     *total = at;
-    return g;
+    return all;
+}
+
+static inline double *stx_test_grads(const stx_model *m, size_t *total) {
+    return stx_test_tensors(m, 1, total);
+}
+
+static inline double *stx_test_params(const stx_model *m, size_t *total) {
+    return stx_test_tensors(m, 0, total);
+}
+
+/* The small model of the training, sampling and misuse tests: 2 layers, n_embd 16, 2 heads,
+ * block 16, local:8+strided:8; stx_config_init's defaults for the rest. */
+static inline void stx_test_small_config(stx_config *cfg, int32_t n_ctx, int32_t precision,
+                                         int32_t n_threads, uint64_t seed) {
+    CHECK_OK(stx_config_init(cfg));
+    cfg->n_layer = 2, cfg->n_embd = 16, cfg->n_head = 2, cfg->block_size = 16;
+    cfg->n_ctx = n_ctx, cfg->precision = precision, cfg->n_threads = n_threads, cfg->seed = seed;
+    strcpy(cfg->pattern, "local:8+strided:8");
 }
 
 /* The same uniform(-scale, scale) values in every tensor of each of the n models (LayerNorm

@@ -55,8 +55,15 @@ static int error_matches(const char *expr, stx_status got, stx_status want, cons
 /* A non-NULL pointer that is never dereferenced: stx_model_create and stx_layout_create must
  * overwrite it with NULL on failure. */
 static char sentinel_byte;
-#define SENTINEL_MODEL  ((stx_model *)(void *)&sentinel_byte)
-#define SENTINEL_LAYOUT ((stx_layout *)(void *)&sentinel_byte)
+#define SENTINEL_MODEL ((stx_model *)(void *)&sentinel_byte)
+
+/* EXPECT_ERR, and the call must set the handle `out` (a sentinel before it) to NULL. */
+#define EXPECT_ERR_CLEARS(out, want, fragment, call)                                               \
+    do {                                                                                           \
+        (out) = (void *)&sentinel_byte;                                                            \
+        EXPECT_ERR(want, fragment, call);                                                          \
+        assert_null(out);                                                                          \
+    } while (0)
 
 /* One invalid config: stx_config_validate and stx_model_create both refuse it with
  * STX_ERR_INVALID_ARGUMENT and a message containing `fragment`; create leaves *out NULL. */
@@ -174,13 +181,11 @@ static void test_abi_mismatch(void **state) {
     EXPECT_ERR(STX_ERR_VERSION, "ABI version", stx_config_validate_v(&cfg, cfg_size, abi + 1));
 
     assert_int_equal(stx_config_init(&cfg), STX_OK);
-    stx_model *m = SENTINEL_MODEL;
-    EXPECT_ERR(STX_ERR_VERSION, "stx_model_create",
-               stx_model_create_v(&cfg, cfg_size - 8, abi, &m));
-    assert_null(m);
-    m = SENTINEL_MODEL;
-    EXPECT_ERR(STX_ERR_VERSION, "ABI version", stx_model_create_v(&cfg, cfg_size, abi + 1, &m));
-    assert_null(m);
+    stx_model *m;
+    EXPECT_ERR_CLEARS(m, STX_ERR_VERSION, "stx_model_create",
+                      stx_model_create_v(&cfg, cfg_size - 8, abi, &m));
+    EXPECT_ERR_CLEARS(m, STX_ERR_VERSION, "ABI version",
+                      stx_model_create_v(&cfg, cfg_size, abi + 1, &m));
 
     EXPECT_ERR(STX_ERR_VERSION, "stx_optim_config_init",
                stx_optim_config_init_v(&opt, opt_size - 8, abi));
@@ -311,18 +316,15 @@ static void test_null_arguments(void **state) {
     EXPECT_ERR(inv, "opt",
                stx_optim_config_init_v(NULL, sizeof(stx_optim_config), STX_ABI_VERSION));
     EXPECT_ERR(inv, "out", stx_model_create(&cfg, NULL));
-    stx_model *m = SENTINEL_MODEL;
-    EXPECT_ERR(inv, "cfg", stx_model_create_v(NULL, sizeof(stx_config), STX_ABI_VERSION, &m));
-    assert_null(m);
+    stx_model *m;
+    EXPECT_ERR_CLEARS(m, inv, "cfg",
+                      stx_model_create_v(NULL, sizeof(stx_config), STX_ABI_VERSION, &m));
     EXPECT_ERR(inv, "out", stx_layout_create("dense", 32, 1, 16, NULL));
     uint8_t blocks[4] = {1, 0, 1, 1};
     EXPECT_ERR(inv, "out", stx_layout_create_from_blocks(32, 1, 16, blocks, NULL));
-    stx_layout *lay2 = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "blocks", stx_layout_create_from_blocks(32, 1, 16, NULL, &lay2));
-    assert_null(lay2);
-    lay2 = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "pattern", stx_layout_create(NULL, 32, 1, 16, &lay2));
-    assert_null(lay2);
+    stx_layout *lay2;
+    EXPECT_ERR_CLEARS(lay2, inv, "blocks", stx_layout_create_from_blocks(32, 1, 16, NULL, &lay2));
+    EXPECT_ERR_CLEARS(lay2, inv, "pattern", stx_layout_create(NULL, 32, 1, 16, &lay2));
     char text[64];
     EXPECT_ERR(inv, "pattern", stx_pattern_normalize(NULL, text, sizeof text));
     EXPECT_ERR(inv, "out", stx_pattern_normalize("dense", NULL, 64));
@@ -632,39 +634,26 @@ static void test_optimizer_config(void **state) {
 static void test_layouts(void **state) {
     (void)state;
     const stx_status inv = STX_ERR_INVALID_ARGUMENT;
-    stx_layout *lay = SENTINEL_LAYOUT;
+    stx_layout *lay;
 
-    EXPECT_ERR(STX_ERR_FORMAT, "bogus", stx_layout_create("bogus:4", 64, 2, 16, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(STX_ERR_FORMAT, "pattern", stx_layout_create("local:", 64, 2, 16, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(STX_ERR_FORMAT, "','", stx_layout_create("local:8,strided:8", 64, 2, 16, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "block_size", stx_layout_create("dense", 64, 2, 24, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "n_ctx", stx_layout_create("dense", 0, 2, 16, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "n_head", stx_layout_create("dense", 64, 0, 16, &lay));
-    assert_null(lay);
+    EXPECT_ERR_CLEARS(lay, STX_ERR_FORMAT, "bogus", stx_layout_create("bogus:4", 64, 2, 16, &lay));
+    EXPECT_ERR_CLEARS(lay, STX_ERR_FORMAT, "pattern", stx_layout_create("local:", 64, 2, 16, &lay));
+    EXPECT_ERR_CLEARS(lay, STX_ERR_FORMAT, "','",
+                      stx_layout_create("local:8,strided:8", 64, 2, 16, &lay));
+    EXPECT_ERR_CLEARS(lay, inv, "block_size", stx_layout_create("dense", 64, 2, 24, &lay));
+    EXPECT_ERR_CLEARS(lay, inv, "n_ctx", stx_layout_create("dense", 0, 2, 16, &lay));
+    EXPECT_ERR_CLEARS(lay, inv, "n_head", stx_layout_create("dense", 64, 0, 16, &lay));
 
     /* n_ctx 32, block 16: nb = 2, blocks[i][j] row-major. */
     const uint8_t above[4] = {1, 1, 1, 1};
     const uint8_t no_diag[4] = {1, 0, 1, 0};
     const uint8_t ok_blocks[4] = {1, 0, 1, 1};
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "above the diagonal", stx_layout_create_from_blocks(32, 1, 16, above, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "diagonal", stx_layout_create_from_blocks(32, 1, 16, no_diag, &lay));
-    assert_null(lay);
-    lay = SENTINEL_LAYOUT;
-    EXPECT_ERR(inv, "block_size", stx_layout_create_from_blocks(32, 1, 24, ok_blocks, &lay));
-    assert_null(lay);
+    EXPECT_ERR_CLEARS(lay, inv, "above the diagonal",
+                      stx_layout_create_from_blocks(32, 1, 16, above, &lay));
+    EXPECT_ERR_CLEARS(lay, inv, "diagonal",
+                      stx_layout_create_from_blocks(32, 1, 16, no_diag, &lay));
+    EXPECT_ERR_CLEARS(lay, inv, "block_size",
+                      stx_layout_create_from_blocks(32, 1, 24, ok_blocks, &lay));
     EXPECT_OK(stx_layout_create_from_blocks(32, 1, 16, ok_blocks, &lay));
     stx_layout_free(lay);
 

@@ -40,17 +40,8 @@ static const char *path_in(char *buf, size_t size, const char *name) {
 /* ------------------------------------------------------------------ helpers */
 
 static void make_config(stx_config *cfg, int32_t precision) {
-    CHECK_OK(stx_config_init(cfg));
-    cfg->n_layer = 2;
-    cfg->n_embd = 16;
-    cfg->n_head = 2;
-    cfg->n_ctx = 40;
-    cfg->block_size = 16;
+    stx_test_small_config(cfg, 40, precision, 2, 31);
     cfg->dropout = 0.1f;
-    cfg->precision = precision;
-    cfg->n_threads = 2;
-    cfg->seed = 31;
-    strcpy(cfg->pattern, "local:8+strided:8");
 }
 
 /* A smaller model for the corruption sweeps (one load per cut point or flipped byte). */
@@ -85,6 +76,15 @@ static void randomize(stx_model *m, uint64_t seed) {
     stx_test_randomize(&m, 1, seed, 0.3);
 }
 
+/* A model of cfg with random weights (seed) and set_schedule's optimizer. */
+static stx_model *scheduled_model(const stx_config *cfg, uint64_t seed) {
+    stx_model *m = NULL;
+    CHECK_OK(stx_model_create(cfg, &m));
+    randomize(m, seed);
+    set_schedule(m);
+    return m;
+}
+
 /* One optimizer step on the batch of global step `index` (the same bytes in every run). */
 static double train_step(stx_model *m, int64_t index) {
     stx_config cfg;
@@ -116,10 +116,7 @@ static unsigned char *params_blob(const stx_model *m, size_t *size) {
     size_t at = 0;
     for (int32_t i = 0; i < n; ++i) {
         const char *name;
-        int32_t ndim;
-        int64_t shape[STX_MAX_DIMS], numel = 1;
-        CHECK_OK(stx_param_info(m, i, &name, &ndim, shape));
-        for (int32_t d = 0; d < ndim; ++d) numel *= shape[d];
+        const int64_t numel = stx_test_numel(m, i, &name);
         CHECK_OK(stx_param_read(m, name, dtype, blob + at, (size_t)numel));
         at += (size_t)numel * esize;
     }
@@ -246,11 +243,8 @@ static void round_trip(int32_t precision, const char *file) {
     path_in(path, sizeof path, file);
     stx_config cfg;
     make_config(&cfg, precision);
-    stx_model *a = NULL;
-    CHECK_OK(stx_model_create(&cfg, &a));
+    stx_model *a = scheduled_model(&cfg, 77);
     assert_string_equal(stx_model_app_state(a), "");
-    randomize(a, 77);
-    set_schedule(a);
     for (int s = 0; s < 3; ++s) train_step(a, s);
     CHECK_OK(stx_model_set_training(a, 0));
     const char *app = "data_rng=123\nposition=456\n";
@@ -268,15 +262,9 @@ static void round_trip(int32_t precision, const char *file) {
     expect_same_config(&ca, &cb);
     expect_same_params(a, b);
     assert_string_equal(stx_model_app_state(b), app);
-    int64_t sa = 0, sb = 0;
-    CHECK_OK(stx_model_get_step(a, &sa));
-    CHECK_OK(stx_model_get_step(b, &sb));
-    assert_int_equal(sa, 3);
-    assert_int_equal(sb, 3);
-    uint64_t da = 0, db = 0;
-    CHECK_OK(stx_model_get_dropout_counter(a, &da));
-    CHECK_OK(stx_model_get_dropout_counter(b, &db));
-    assert_true(da == 3 && db == 3);
+    assert_int_equal(stx_test_step(a), 3);
+    assert_int_equal(stx_test_step(b), 3);
+    assert_true(stx_test_dropout_counter(a) == 3 && stx_test_dropout_counter(b) == 3);
 
     /* The training flag came back (0: no dropout), then the same masks with it on. */
     uint8_t tokens[B_TRAIN * T_TRAIN];
@@ -286,8 +274,7 @@ static void round_trip(int32_t precision, const char *file) {
     CHECK_OK(stx_forward(a, tokens, B_TRAIN, T_TRAIN, &la));
     CHECK_OK(stx_forward(b, tokens, B_TRAIN, T_TRAIN, &lb));
     assert_true(la == lb);
-    CHECK_OK(stx_model_get_dropout_counter(b, &db));
-    assert_true(db == 3); /* training 0: the counter did not move */
+    assert_true(stx_test_dropout_counter(b) == 3); /* training 0: the counter did not move */
     CHECK_OK(stx_model_set_training(a, 1));
     CHECK_OK(stx_model_set_training(b, 1));
     CHECK_OK(stx_forward(a, tokens, B_TRAIN, T_TRAIN, &la));
@@ -302,8 +289,7 @@ static void round_trip(int32_t precision, const char *file) {
     CHECK_OK(stx_model_load(path, STX_BACKEND_AUTO, 0, &d));
     expect_same_params(c, d);
     assert_string_equal(stx_model_app_state(d), "");
-    CHECK_OK(stx_model_get_step(d, &sb));
-    assert_int_equal(sb, 0);
+    assert_int_equal(stx_test_step(d), 0);
 
     stx_model_free(a);
     stx_model_free(b);
@@ -329,17 +315,11 @@ static void resume_equals_uninterrupted(int32_t precision, const char *file) {
     stx_config cfg;
     make_config(&cfg, precision);
 
-    stx_model *a = NULL;
-    CHECK_OK(stx_model_create(&cfg, &a));
-    randomize(a, 9);
-    set_schedule(a);
+    stx_model *a = scheduled_model(&cfg, 9);
     double losses_a[6];
     for (int s = 0; s < 6; ++s) losses_a[s] = train_step(a, s);
 
-    stx_model *b = NULL;
-    CHECK_OK(stx_model_create(&cfg, &b));
-    randomize(b, 9);
-    set_schedule(b);
+    stx_model *b = scheduled_model(&cfg, 9);
     for (int s = 0; s < 3; ++s) assert_true(train_step(b, s) == losses_a[s]);
     CHECK_OK(stx_model_save(b, path, "step=3\n"));
     stx_model_free(b);
@@ -352,15 +332,9 @@ static void resume_equals_uninterrupted(int32_t precision, const char *file) {
                      losses_a[s]);
     }
     expect_same_params(a, b);
-    int64_t sa = 0, sb = 0;
-    CHECK_OK(stx_model_get_step(a, &sa));
-    CHECK_OK(stx_model_get_step(b, &sb));
-    assert_int_equal(sa, 6);
-    assert_int_equal(sb, 6);
-    uint64_t da = 0, db = 0;
-    CHECK_OK(stx_model_get_dropout_counter(a, &da));
-    CHECK_OK(stx_model_get_dropout_counter(b, &db));
-    assert_true(da == db);
+    assert_int_equal(stx_test_step(a), 6);
+    assert_int_equal(stx_test_step(b), 6);
+    assert_true(stx_test_dropout_counter(a) == stx_test_dropout_counter(b));
     stx_model_free(a);
     stx_model_free(b);
 }
@@ -377,116 +351,124 @@ static void test_resume_fp64(void **state) {
 
 /* ------------------------------------------------------------------ refusals */
 
+/* A refusal test's files: small_checkpoint() saved to `good` and read back into buf, and the
+ * path `bad` for its corrupted copies. corrupt_end removes both files and frees buf. */
+typedef struct corrupt_case {
+    char good[128], bad[128];
+    unsigned char *buf;
+    size_t size;
+} corrupt_case;
+
+static void corrupt_begin(corrupt_case *c, const char *good, const char *bad) {
+    path_in(c->good, sizeof c->good, good);
+    path_in(c->bad, sizeof c->bad, bad);
+    c->size = 0;
+    c->buf = small_checkpoint(c->good, &c->size);
+}
+
+static void corrupt_end(corrupt_case *c) {
+    unlink(c->bad);
+    unlink(c->good);
+    free(c->buf);
+}
+
 static void test_truncated(void **state) {
     (void)state;
-    char good[128], cut[128];
-    path_in(good, sizeof good, "trunc_good.ckpt");
-    path_in(cut, sizeof cut, "trunc_cut.ckpt");
-    size_t size = 0;
-    unsigned char *buf = small_checkpoint(good, &size);
+    corrupt_case c;
+    corrupt_begin(&c, "trunc_good.ckpt", "trunc_cut.ckpt");
     size_t tried = 0;
-    for (size_t n = 0; n < size; n += 7, ++tried) {
-        write_file(cut, buf, n);
-        EXPECT_LOAD_FAILS(STX_ERR_FORMAT, cut, NULL);
+    for (size_t n = 0; n < c.size; n += 7, ++tried) {
+        write_file(c.bad, c.buf, n);
+        EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, NULL);
     }
     /* The last byte alone, and the full file plus one byte. */
-    write_file(cut, buf, size - 1);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, cut, NULL);
-    unsigned char *longer = malloc(size + 1);
+    write_file(c.bad, c.buf, c.size - 1);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, NULL);
+    unsigned char *longer = malloc(c.size + 1);
     assert_non_null(longer);
-    memcpy(longer, buf, size);
-    longer[size] = 0;
-    write_file(cut, longer, size + 1);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, cut, "follow the END section");
+    memcpy(longer, c.buf, c.size);
+    longer[c.size] = 0;
+    write_file(c.bad, longer, c.size + 1);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "follow the END section");
     free(longer);
-    write_file(cut, buf, 0);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, cut, "empty");
-    printf("truncations: %zu cut points of a %zu-byte checkpoint refused\n", tried, size);
-    unlink(cut);
-    unlink(good);
-    free(buf);
+    write_file(c.bad, c.buf, 0);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "empty");
+    printf("truncations: %zu cut points of a %zu-byte checkpoint refused\n", tried, c.size);
+    corrupt_end(&c);
 }
 
 static void test_flipped_bytes(void **state) {
     (void)state;
-    char good[128], bad[128];
-    path_in(good, sizeof good, "flip_good.ckpt");
-    path_in(bad, sizeof bad, "flip_bad.ckpt");
-    size_t size = 0;
-    unsigned char *buf = small_checkpoint(good, &size);
+    corrupt_case c;
+    corrupt_begin(&c, "flip_good.ckpt", "flip_bad.ckpt");
     size_t tried = 0;
     for (int pass = 0; pass < 2; ++pass) {
         /* pass 0: every 13th byte inverted; pass 1: one bit of every 13th byte from 6 on */
-        for (size_t i = pass ? 6 : 0; i < size; i += 13, ++tried) {
-            const unsigned char old = buf[i];
-            buf[i] ^= pass ? (unsigned char)(1u << ((i / 13) % 8)) : 0xFF;
-            write_file(bad, buf, size);
-            buf[i] = old;
+        for (size_t i = pass ? 6 : 0; i < c.size; i += 13, ++tried) {
+            const unsigned char old = c.buf[i];
+            c.buf[i] ^= pass ? (unsigned char)(1u << ((i / 13) % 8)) : 0xFF;
+            write_file(c.bad, c.buf, c.size);
+            c.buf[i] = old;
             stx_model *out = (stx_model *)&out;
             stx_clear_error();
-            const stx_status st = stx_model_load(bad, STX_BACKEND_CPU, 0, &out);
+            const stx_status st = stx_model_load(c.bad, STX_BACKEND_CPU, 0, &out);
             if ((st != STX_ERR_FORMAT && st != STX_ERR_VERSION) || out != NULL ||
-                !strstr(stx_last_error(), bad)) {
+                !strstr(stx_last_error(), c.bad)) {
                 if (st == STX_OK && out) stx_model_free(out);
-                fail_msg("byte %zu of %zu flipped (pass %d): status %d, message \"%s\"", i, size,
+                fail_msg("byte %zu of %zu flipped (pass %d): status %d, message \"%s\"", i, c.size,
                          pass, (int)st, stx_last_error());
             }
         }
     }
-    printf("flips: %zu corrupted copies of a %zu-byte checkpoint refused\n", tried, size);
-    unlink(bad);
-    unlink(good);
-    free(buf);
+    printf("flips: %zu corrupted copies of a %zu-byte checkpoint refused\n", tried, c.size);
+    corrupt_end(&c);
 }
 
 static void test_header_refusals(void **state) {
     (void)state;
-    char good[128], bad[128];
-    path_in(good, sizeof good, "hdr_good.ckpt");
-    path_in(bad, sizeof bad, "hdr_bad.ckpt");
-    size_t size = 0;
-    unsigned char *buf = small_checkpoint(good, &size);
-    unsigned char *copy = malloc(size);
+    corrupt_case c;
+    corrupt_begin(&c, "hdr_good.ckpt", "hdr_bad.ckpt");
+    unsigned char *copy = malloc(c.size);
     assert_non_null(copy);
 
     /* wrong magic */
-    memcpy(copy, buf, size);
+    memcpy(copy, c.buf, c.size);
     copy[0] = 'X';
-    write_file(bad, copy, size);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, bad, "not a sparsetx checkpoint (bad magic)");
-    write_file(bad, (const unsigned char *)"hello, world\n", 13);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, bad, "bad magic");
+    write_file(c.bad, copy, c.size);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "not a sparsetx checkpoint (bad magic)");
+    write_file(c.bad, (const unsigned char *)"hello, world\n", 13);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "bad magic");
 
     /* a future version */
-    memcpy(copy, buf, size);
+    memcpy(copy, c.buf, c.size);
     put_u32(copy + 8, 2);
-    write_file(bad, copy, size);
-    EXPECT_LOAD_FAILS(STX_ERR_VERSION, bad, "format version 2 is newer than this library's 1");
+    write_file(c.bad, copy, c.size);
+    EXPECT_LOAD_FAILS(STX_ERR_VERSION, c.bad, "format version 2 is newer than this library's 1");
 
     /* absurd lengths: refused by the bytes left, nothing is allocated */
-    const size_t conf = section_offset(buf, size, 0), tens = section_offset(buf, size, 2);
-    assert_int_equal(get_u32(buf + tens), get_u32((const unsigned char *)"TENS"));
-    const uint64_t absurd[] = {(uint64_t)1 << 60, UINT64_MAX, (uint64_t)size};
+    const size_t conf = section_offset(c.buf, c.size, 0), tens = section_offset(c.buf, c.size, 2);
+    assert_int_equal(get_u32(c.buf + tens), get_u32((const unsigned char *)"TENS"));
+    const uint64_t absurd[] = {(uint64_t)1 << 60, UINT64_MAX, (uint64_t)c.size};
     for (int k = 0; k < 3; ++k) {
-        memcpy(copy, buf, size);
+        memcpy(copy, c.buf, c.size);
         put_u64(copy + conf + 4, absurd[k]);
-        write_file(bad, copy, size);
-        EXPECT_LOAD_FAILS(STX_ERR_FORMAT, bad, "CONF");
-        memcpy(copy, buf, size);
+        write_file(c.bad, copy, c.size);
+        EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "CONF");
+        memcpy(copy, c.buf, c.size);
         put_u64(copy + tens + 4, absurd[k]);
-        write_file(bad, copy, size);
-        EXPECT_LOAD_FAILS(STX_ERR_FORMAT, bad, "TENS");
+        write_file(c.bad, copy, c.size);
+        EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "TENS");
     }
-    memcpy(copy, buf, size);
+    memcpy(copy, c.buf, c.size);
     put_u32(copy + 12, UINT32_MAX); /* section count */
-    write_file(bad, copy, size);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, bad, "sections");
+    write_file(c.bad, copy, c.size);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "sections");
 
     /* a corrupt tensor payload names the tensor */
-    memcpy(copy, buf, size);
-    copy[tens + 12 + (size_t)get_u64(buf + tens + 4) - 1] ^= 0x40;
-    write_file(bad, copy, size);
-    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, bad, "section TENS 'tok_emb': checksum mismatch");
+    memcpy(copy, c.buf, c.size);
+    copy[tens + 12 + (size_t)get_u64(c.buf + tens + 4) - 1] ^= 0x40;
+    write_file(c.bad, copy, c.size);
+    EXPECT_LOAD_FAILS(STX_ERR_FORMAT, c.bad, "section TENS 'tok_emb': checksum mismatch");
 
     /* missing file, a directory */
     char missing[128];
@@ -494,10 +476,8 @@ static void test_header_refusals(void **state) {
     EXPECT_LOAD_FAILS(STX_ERR_IO, missing, "No such file");
     EXPECT_LOAD_FAILS(STX_ERR_IO, tmp_dir, NULL);
 
-    unlink(bad);
-    unlink(good);
     free(copy);
-    free(buf);
+    corrupt_end(&c);
 }
 
 /* A valid checkpoint whose CONF (CRC fixed up) no longer matches its tensors. */

@@ -21,16 +21,7 @@ enum { B = 2, T = 32 };
 
 static stx_model *make_model(int32_t precision) {
     stx_config cfg;
-    CHECK_OK(stx_config_init(&cfg));
-    cfg.n_layer = 2;
-    cfg.n_embd = 16;
-    cfg.n_head = 2;
-    cfg.n_ctx = T;
-    cfg.block_size = 16;
-    cfg.precision = precision;
-    cfg.n_threads = 1;
-    cfg.seed = 5;
-    strcpy(cfg.pattern, "local:8+strided:8");
+    stx_test_small_config(&cfg, T, precision, 1, 5);
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
     stx_optim_config opt;
@@ -57,30 +48,10 @@ static void fill_batch(uint8_t *tokens, uint64_t seed) {
     stx_test_fill_bytes(&rng, tokens, (size_t)B * T);
 }
 
-/* Every parameter, as doubles (exact for float), concatenated; *n gets the count. */
-static double *snapshot(stx_model *m, size_t *n) {
-    int64_t total = 0;
-    int32_t count = 0;
-    CHECK_OK(stx_param_total(m, &total));
-    CHECK_OK(stx_param_count(m, &count));
-    double *all = (double *)malloc((size_t)total * sizeof *all);
-    assert_non_null(all);
-    size_t at = 0;
-    for (int32_t i = 0; i < count; ++i) {
-        const char *name;
-        const int64_t numel = stx_test_numel(m, i, &name);
-        CHECK_OK(stx_param_read(m, name, STX_DTYPE_F64, all + at, (size_t)numel));
-        at += (size_t)numel;
-    }
-    assert_int_equal(at, (size_t)total);
-    *n = at;
-    return all;
-}
-
 /* Fails naming the first parameter element that differs in its bits. */
 static void expect_same_params(stx_model *a, stx_model *b, const char *what) {
     size_t na = 0, nb = 0;
-    double *pa = snapshot(a, &na), *pb = snapshot(b, &nb);
+    double *pa = stx_test_params(a, &na), *pb = stx_test_params(b, &nb);
     assert_int_equal(na, nb);
     if (memcmp(pa, pb, na * sizeof *pa) != 0) {
         size_t i = 0;
@@ -93,7 +64,7 @@ static void expect_same_params(stx_model *a, stx_model *b, const char *what) {
 
 static void expect_same_snapshot(stx_model *m, const double *before, size_t n, const char *what) {
     size_t n2 = 0;
-    double *after = snapshot(m, &n2);
+    double *after = stx_test_params(m, &n2);
     assert_int_equal(n, n2);
     if (memcmp(before, after, n * sizeof *after) != 0) {
         size_t i = 0;
@@ -101,12 +72,6 @@ static void expect_same_snapshot(stx_model *m, const double *before, size_t n, c
         fail_msg("%s: parameter element %zu changed: %.17g -> %.17g", what, i, before[i], after[i]);
     }
     free(after);
-}
-
-static int64_t step_of(stx_model *m) {
-    int64_t s = -1;
-    CHECK_OK(stx_model_get_step(m, &s));
-    return s;
 }
 
 static void good_step(stx_model *m, const uint8_t *tokens) {
@@ -117,6 +82,14 @@ static void good_step(stx_model *m, const uint8_t *tokens) {
     CHECK_OK(stx_backward(m));
     CHECK_OK(stx_optimizer_step(m, &lr, &norm));
     assert_true(isfinite(norm) && norm > 0.0);
+}
+
+/* fp32 twins that both took one good step on batch `seed` (left in tokens). */
+static void make_stepped_twins(stx_model **a, stx_model **b, uint8_t *tokens, uint64_t seed) {
+    make_twins(STX_PRECISION_FP32, a, b);
+    fill_batch(tokens, seed);
+    good_step(*a, tokens);
+    good_step(*b, tokens);
 }
 
 /* Replace element `at` of the gradient (grad != 0) or weight of tensor `name` with value;
@@ -179,8 +152,8 @@ static void skip_case(int32_t precision, int good_before, double value) {
     CHECK_OK(stx_backward(a));
     poke(a, "h.0.ff.w1", 1, 3, value, NULL);
     size_t n = 0;
-    double *before = snapshot(a, &n);
-    const int64_t step_before = step_of(a);
+    double *before = stx_test_params(a, &n);
+    const int64_t step_before = stx_test_step(a);
     stx_optim_config opt;
     CHECK_OK(stx_model_get_optimizer(a, &opt));
     double lr = -1.0, norm = 0.0;
@@ -201,7 +174,7 @@ static void skip_case(int32_t precision, int good_before, double value) {
     assert_true(lr == stx_optim_lr_at(&opt, step_before)); /* the rate it would have used */
     expect_same_snapshot(a, before, n, "after a skipped step");
     free(before);
-    assert_int_equal(step_of(a), step_before);
+    assert_int_equal(stx_test_step(a), step_before);
 
     /* The gradients are consumed: a step or a backward now is out of order. */
     assert_int_equal(stx_optimizer_step(a, NULL, NULL), STX_ERR_STATE);
@@ -214,8 +187,8 @@ static void skip_case(int32_t precision, int good_before, double value) {
         good_step(a, tokens);
         good_step(b, tokens);
     }
-    assert_int_equal(step_of(a), good_before + 3);
-    assert_int_equal(step_of(b), good_before + 3);
+    assert_int_equal(stx_test_step(a), good_before + 3);
+    assert_int_equal(stx_test_step(b), good_before + 3);
     expect_same_params(a, b, "skipped-step model vs its twin after 3 good steps");
     stx_model_free(a);
     stx_model_free(b);
@@ -244,11 +217,8 @@ static void test_bad_first_step(void **state) {
 static void test_consecutive_skips(void **state) {
     (void)state;
     stx_model *a, *b;
-    make_twins(STX_PRECISION_FP32, &a, &b);
     uint8_t tokens[B * T];
-    fill_batch(tokens, 1);
-    good_step(a, tokens);
-    good_step(b, tokens);
+    make_stepped_twins(&a, &b, tokens, 1);
     for (int k = 0; k < 4; ++k) {
         fill_batch(tokens, 50 + (uint64_t)k);
         CHECK_OK(stx_forward(a, tokens, B, T, NULL));
@@ -256,7 +226,7 @@ static void test_consecutive_skips(void **state) {
         CHECK_OK(stx_backward(a));
         poke(a, k % 2 ? "ln_f.g" : "w_out", 1, 0, k % 2 ? (double)INFINITY : (double)NAN, NULL);
         assert_int_equal(stx_optimizer_step(a, NULL, NULL), STX_STEP_SKIPPED);
-        assert_int_equal(step_of(a), 1);
+        assert_int_equal(stx_test_step(a), 1);
     }
     expect_same_params(a, b, "after 4 skipped steps");
     fill_batch(tokens, 2);
@@ -273,11 +243,8 @@ static void test_consecutive_skips(void **state) {
 static void test_nan_weight(void **state) {
     (void)state;
     stx_model *a, *b;
-    make_twins(STX_PRECISION_FP32, &a, &b);
     uint8_t tokens[B * T];
-    fill_batch(tokens, 7);
-    good_step(a, tokens);
-    good_step(b, tokens);
+    make_stepped_twins(&a, &b, tokens, 7);
 
     double old = 0.0;
     poke(a, "h.0.ff.w1", 0, 0, (double)NAN, &old);
@@ -293,7 +260,7 @@ static void test_nan_weight(void **state) {
     CHECK_OK(stx_zero_grad(a));
     CHECK_OK(stx_backward(a));
     size_t n = 0;
-    double *before = snapshot(a, &n);
+    double *before = stx_test_params(a, &n);
     double norm = 0.0;
     stx_clear_error();
     assert_int_equal(stx_optimizer_step(a, NULL, &norm), STX_STEP_SKIPPED);
@@ -301,7 +268,7 @@ static void test_nan_weight(void **state) {
     assert_non_null(strstr(stx_last_error(), "not finite"));
     expect_same_snapshot(a, before, n, "NaN weight: after the skipped step");
     free(before);
-    assert_int_equal(step_of(a), 1);
+    assert_int_equal(stx_test_step(a), 1);
 
     poke(a, "h.0.ff.w1", 0, 0, old, NULL);
     expect_same_params(a, b, "with the weight put back");

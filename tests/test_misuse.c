@@ -13,16 +13,8 @@
 
 static stx_model *small_model(uint64_t seed) {
     stx_config cfg;
-    CHECK_OK(stx_config_init(&cfg));
-    cfg.n_layer = 2;
-    cfg.n_embd = 16;
-    cfg.n_head = 2;
-    cfg.n_ctx = 40;
-    cfg.block_size = 16;
-    cfg.n_threads = 1;
+    stx_test_small_config(&cfg, 40, STX_PRECISION_FP32, 1, seed); /* fp32: the default */
     cfg.dropout = 0.1f;
-    cfg.seed = seed;
-    strcpy(cfg.pattern, "local:8+strided:8");
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
     return m;

@@ -135,26 +135,6 @@ static void test_gradients_every_pattern(void **state) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; ++c) check_model_gradients(&cases[c]);
 }
 
-static double *all_grads(stx_model *m, size_t *total) {
-    int32_t n = 0;
-    CHECK_OK(stx_param_count(m, &n));
-    int64_t P = 0;
-    CHECK_OK(stx_param_total(m, &P));
-    double *all = malloc((size_t)P * sizeof *all);
-    size_t at = 0;
-    for (int32_t i = 0; i < n; ++i) {
-        const char *name;
-        int32_t ndim;
-        int64_t shape[STX_MAX_DIMS], numel = 1;
-        CHECK_OK(stx_param_info(m, i, &name, &ndim, shape));
-        for (int32_t d = 0; d < ndim; ++d) numel *= shape[d];
-        CHECK_OK(stx_grad_read(m, name, STX_DTYPE_F64, all + at, (size_t)numel));
-        at += (size_t)numel;
-    }
-    *total = at;
-    return all;
-}
-
 /* Recomputation replays the same arithmetic and dropout masks: bit-identical gradients. */
 static void test_recompute_identical(void **state) {
     (void)state;
@@ -171,7 +151,7 @@ static void test_recompute_identical(void **state) {
             loss[r] = loss_at(m, tokens, 2, cases[c].T, 3);
             CHECK_OK(stx_zero_grad(m));
             CHECK_OK(stx_backward(m));
-            grads[r] = all_grads(m, &n[r]);
+            grads[r] = stx_test_grads(m, &n[r]);
             stx_model_free(m);
         }
         assert_int_equal(n[0], n[1]);
@@ -198,17 +178,17 @@ static void test_microbatches_accumulate(void **state) {
     CHECK_OK(stx_zero_grad(m));
     loss_at(m, a, 2, 20, 0);
     CHECK_OK(stx_backward(m));
-    double *ga = all_grads(m, &n);
+    double *ga = stx_test_grads(m, &n);
     CHECK_OK(stx_zero_grad(m));
     loss_at(m, b, 2, 20, 0);
     CHECK_OK(stx_backward(m));
-    double *gb = all_grads(m, &n);
+    double *gb = stx_test_grads(m, &n);
     CHECK_OK(stx_zero_grad(m));
     loss_at(m, a, 2, 20, 0);
     CHECK_OK(stx_backward(m));
     loss_at(m, b, 2, 20, 0);
     CHECK_OK(stx_backward(m));
-    double *gab = all_grads(m, &n);
+    double *gab = stx_test_grads(m, &n);
     for (size_t i = 0; i < n; ++i) ga[i] += gb[i];
     stx_test_expect_close("accumulated gradients", gab, ga, n, 1e-14);
     free(ga);

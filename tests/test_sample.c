@@ -14,29 +14,15 @@
  *  - sampling invalidates the training forward: stx_backward then gives STX_ERR_STATE.
  */
 #include "harness.h"
+#include "model_fixtures.h"
 
 #include <sparsetx.h>
 #include <string.h>
 
-#define CHECK_OK(call)                                                                             \
-    do {                                                                                           \
-        stx_status st_ = (call);                                                                   \
-        if (st_ != STX_OK) fail_msg("%s -> %d: %s", #call, (int)st_, stx_last_error());            \
-    } while (0)
-
 /* A small model with every parameter random (W_out too, so the logits are not flat). */
 static stx_model *make_model(int32_t n_ctx, int32_t precision, uint64_t seed) {
     stx_config cfg;
-    CHECK_OK(stx_config_init(&cfg));
-    cfg.n_layer = 2;
-    cfg.n_embd = 16;
-    cfg.n_head = 2;
-    cfg.n_ctx = n_ctx;
-    cfg.block_size = 16;
-    cfg.precision = precision;
-    cfg.n_threads = 2;
-    cfg.seed = seed;
-    strcpy(cfg.pattern, "local:8+strided:8");
+    stx_test_small_config(&cfg, n_ctx, precision, 2, seed);
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
     int32_t count = 0;
@@ -44,11 +30,7 @@ static stx_model *make_model(int32_t n_ctx, int32_t precision, uint64_t seed) {
     stx_test_rng rng = {seed * 7919u + 1u};
     for (int32_t i = 0; i < count; ++i) {
         const char *name = NULL;
-        int32_t ndim = 0;
-        int64_t shape[STX_MAX_DIMS];
-        CHECK_OK(stx_param_info(m, i, &name, &ndim, shape));
-        size_t n = 1;
-        for (int32_t d = 0; d < ndim; ++d) n *= (size_t)shape[d];
+        const size_t n = (size_t)stx_test_numel(m, i, &name);
         double *v = malloc(n * sizeof *v);
         stx_test_fill(&rng, v, n, strcmp(name, "w_out") == 0 ? 1.0 : 0.4);
         CHECK_OK(stx_param_write(m, name, STX_DTYPE_F64, v, n));

@@ -32,20 +32,16 @@ import time
 
 here = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, here)
+import cli_checks  # noqa: E402
 import sparsetx_ctypes as stx  # noqa: E402
+from cli_checks import report  # noqa: E402
 from test_cli_train import SMALL, make_text, read_log  # noqa: E402
 
 
-class Checker:
+class Checker(cli_checks.Checker):
     def __init__(self, lib, train, workdir):
-        self.lib, self.train, self.dir = lib, train, workdir
-        self.failures = []
-
-    def check(self, ok, what):
-        print(("ok      " if ok else "FAILED  ") + what)
-        if not ok:
-            self.failures.append(what)
-        return ok
+        super().__init__(workdir)
+        self.lib, self.train = lib, train
 
     def run(self, args, inject=None, inject_weight=None, timeout=120):
         env = dict(os.environ)
@@ -58,9 +54,6 @@ class Checker:
         r = subprocess.run([self.train] + args, cwd=self.dir, env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE, timeout=timeout)
         return r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
 
     def checkpoint(self, name):
         """(step, app_state dict, model) of a checkpoint; the model must be closed."""
@@ -257,13 +250,7 @@ def main():
         test_interrupt_while_bad(c)
         test_usage(c)
     print("%.1f s" % (time.time() - start))
-    if c.failures:
-        print("%d check(s) failed:" % len(c.failures))
-        for f in c.failures:
-            print("  " + f)
-        return 1
-    print("all checks passed")
-    return 0
+    return report(c.failures)
 
 
 if __name__ == "__main__":

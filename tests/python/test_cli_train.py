@@ -27,6 +27,9 @@ import sys
 import tempfile
 import time
 
+import cli_checks
+from cli_checks import report
+
 LOG_KEYS = ("step", "loss", "bpb", "val_bpb", "lr", "tokens_per_s", "elapsed_s")
 # Every run uses the CPU backend, whatever the build: it is deterministic, which exact resume
 # needs. The brief's small model: about a millisecond a step.
@@ -90,23 +93,14 @@ def losses_by_step(records):
     return {r["step"]: r["loss"] for r in records}
 
 
-class Checker:
+class Checker(cli_checks.Checker):
     def __init__(self, train, evaluate, workdir):
-        self.train, self.evaluate, self.dir = train, evaluate, workdir
-        self.failures = []
-
-    def check(self, ok, what):
-        print(("ok      " if ok else "FAILED  ") + what)
-        if not ok:
-            self.failures.append(what)
-        return ok
+        super().__init__(workdir)
+        self.train, self.evaluate = train, evaluate
 
     def run(self, tool, args, timeout=120):
         return subprocess.run([tool] + args, cwd=self.dir, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, timeout=timeout)
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
 
 
 def test_short_run(c, n_bytes):
@@ -391,13 +385,7 @@ def main():
         test_sigint(c)
         test_bad_input(c)
         print("%.1f s" % (time.time() - start))
-    if c.failures:
-        print("%d check(s) failed:" % len(c.failures))
-        for f in c.failures:
-            print("  " + f)
-        return 1
-    print("all checks passed")
-    return 0
+    return report(c.failures)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,9 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import cli_checks  # noqa: E402
 import sparsetx_ctypes as stx  # noqa: E402
+from cli_checks import report  # noqa: E402
 from test_cli_train import make_text  # noqa: E402
 
 
@@ -110,20 +112,10 @@ def limit_file_size():
     resource.setrlimit(resource.RLIMIT_FSIZE, (FSIZE_LIMIT, FSIZE_LIMIT))
 
 
-class Checker:
+class Checker(cli_checks.Checker):
     def __init__(self, lib, train, workdir, keep_dir):
-        self.lib, self.train, self.dir, self.keep_dir = lib, train, workdir, keep_dir
-        self.failures = []
-
-    def check(self, ok, what):
-        print(("ok      " if ok else "FAILED  ") + what)
-        sys.stdout.flush()
-        if not ok:
-            self.failures.append(what)
-        return ok
-
-    def path(self, name):
-        return os.path.join(self.dir, name)
+        super().__init__(workdir)
+        self.lib, self.train, self.keep_dir = lib, train, keep_dir
 
     def run(self, args, preexec_fn=None, timeout=120):
         r = subprocess.run([self.train] + args, cwd=self.dir, stdout=subprocess.PIPE,
@@ -524,13 +516,7 @@ def main():
     print("%.1f s" % (time.time() - start))
     print("kills survived: %d, resumes: %d, final weights identical: %s" %
           (kills, resumes, "yes" if identical else "no"))
-    if c.failures:
-        print("%d check(s) failed:" % len(c.failures))
-        for f in c.failures:
-            print("  " + f)
-        return 1
-    print("all checks passed")
-    return 0
+    return report(c.failures)
 
 
 if __name__ == "__main__":
