@@ -492,6 +492,21 @@ __device__ void load_tile(float *tile, const int64_t *pos, const float *src, int
     }
 }
 
+// Forward and dq: key block j of pass P into shared memory, once the previous tile is consumed:
+// the positions of its slots into kp, its k rows into ks and its v rows into vs.
+template <int DQ, int DV, bool BF16>
+__device__ __forceinline__ void load_key_tile(float *ks, float *vs, int64_t *kp,
+                                              const LayoutView &L, const DevPass &P, int32_t j,
+                                              const float *k, const float *v, int32_t b, int32_t h,
+                                              int32_t T, int32_t H, int32_t bs) {
+    __syncthreads(); // the previous tile is consumed
+    kp[threadIdx.x] = slot_pos(L, P, static_cast<int64_t>(j) * bs + threadIdx.x, T);
+    __syncthreads();
+    load_tile<DQ, BF16>(ks, kp, k, b, h, T, H, bs);
+    load_tile<DV, BF16>(vs, kp, v, b, h, T, H, bs);
+    __syncthreads();
+}
+
 // Which pass, if any, this block computes: returns false (for the whole block) if none.
 __device__ __forceinline__ bool block_pass(const LayoutView &L, int32_t local_pass, int32_t *p0,
                                            int32_t *pg) {
@@ -522,13 +537,7 @@ __global__ void attn_forward_kernel(LayoutView L, int32_t local_pass, const floa
     for (int d = 0; d < DV; ++d) o[d] = 0.0f;
     float m = -INFINITY, l = 0.0f;
     for (int64_t e = L.row_ptr[P.row_ptr_off + qb]; e < L.row_ptr[P.row_ptr_off + qb + 1]; ++e) {
-        const int32_t j = L.col_idx[e];
-        __syncthreads(); // the previous tile is consumed
-        kp[threadIdx.x] = slot_pos(L, P, static_cast<int64_t>(j) * bs + threadIdx.x, T);
-        __syncthreads();
-        load_tile<DQ, BF16>(ks, kp, k, b, h, T, H, bs);
-        load_tile<DV, BF16>(vs, kp, v, b, h, T, H, bs);
-        __syncthreads();
+        load_key_tile<DQ, DV, BF16>(ks, vs, kp, L, P, L.col_idx[e], k, v, b, h, T, H, bs);
         if (qpos < 0) continue;
         for (int32_t kk = 0; kk < bs; ++kk) {
             const int64_t kpos = kp[kk];
@@ -620,13 +629,7 @@ __global__ void attn_backward_dq_kernel(LayoutView L, int32_t local_pass, const 
         d_q = delta[(static_cast<int64_t>(b) * H + h) * T + qpos];
     }
     for (int64_t e = L.row_ptr[P.row_ptr_off + qb]; e < L.row_ptr[P.row_ptr_off + qb + 1]; ++e) {
-        const int32_t j = L.col_idx[e];
-        __syncthreads();
-        kp[threadIdx.x] = slot_pos(L, P, static_cast<int64_t>(j) * bs + threadIdx.x, T);
-        __syncthreads();
-        load_tile<DQ, BF16>(ks, kp, k, b, h, T, H, bs);
-        load_tile<DV, BF16>(vs, kp, v, b, h, T, H, bs);
-        __syncthreads();
+        load_key_tile<DQ, DV, BF16>(ks, vs, kp, L, P, L.col_idx[e], k, v, b, h, T, H, bs);
         if (qpos < 0) continue;
         for (int32_t kk = 0; kk < bs; ++kk) {
             const int64_t kpos = kp[kk];
@@ -759,41 +762,71 @@ template <typename F> void dispatch(int32_t Dq, int32_t Dv, bool bf16, F &&f) {
 #undef STX_ATTN_CASE
 }
 
+// The device layout of an attention call, or null (the error recorded) when the context has
+// failed, the head dims are not compiled or the layout cannot be uploaded.
+const DeviceLayout *attention_layout(const std::shared_ptr<Context> &ctx, const Layout &layout,
+                                     int32_t Dq, int32_t Dv) {
+    if (!ctx->ok()) return nullptr;
+    if (!attention_dims_supported(Dq, Dv)) {
+        ctx->err = fail(STX_ERR_UNSUPPORTED,
+                        "CUDA attention: head dims Dq %d, Dv %d are not compiled (Dq 32, 64 or "
+                        "128; Dv = Dq or 2 Dq up to 128)",
+                        Dq, Dv);
+        return nullptr;
+    }
+    return device_layout(ctx, layout);
+}
+
+// Whether the bf16 mode runs on tensor cores (attention_tc.cu, attention_wgmma*.cu).
+bool use_tc(const std::shared_ptr<Context> &ctx, const Layout &layout, int32_t Dq, int32_t Dv) {
+    return ctx->bf16 && tc_attention_supported(Dq, Dv, layout.block_size);
+}
+
+// The tensor cores' bf16 copies of q, k, v and, for backward, dout.
+struct Bf16Operands {
+    __nv_bfloat16 *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
+};
+
+// q, k (rows x Dq each), v and, unless null, dout (rows x Dv each) as bf16 in ctx->cast_scratch,
+// one after the other (each a multiple of 8 elements, so every copy starts 16-byte aligned for
+// cp.async); false (the error recorded) if the scratch cannot be had.
+bool to_bf16_operands(const std::shared_ptr<Context> &ctx, size_t rows, int32_t Dq, int32_t Dv,
+                      const float *q, const float *k, const float *v, const float *dout,
+                      Bf16Operands *x) {
+    const size_t nq = rows * Dq, nv = rows * Dv;
+    const size_t n = 2 * nq + (dout ? 2 : 1) * nv;
+    if (!ctx->reserve(ctx->cast_scratch, n * sizeof(__nv_bfloat16))) return false;
+    x->q = reinterpret_cast<__nv_bfloat16 *>(ctx->cast_scratch.data());
+    x->k = x->q + nq;
+    x->v = x->k + nq;
+    tc_to_bf16(ctx.get(), x->q, q, static_cast<int64_t>(nq));
+    tc_to_bf16(ctx.get(), x->k, k, static_cast<int64_t>(nq));
+    tc_to_bf16(ctx.get(), x->v, v, static_cast<int64_t>(nv));
+    if (dout) {
+        x->dout = x->v + nv;
+        tc_to_bf16(ctx.get(), x->dout, dout, static_cast<int64_t>(nv));
+    }
+    return true;
+}
+
 } // namespace
 
 void CudaOps::attention_forward(float *out, float *lse, const float *q, const float *k,
                                 const float *v, const Layout &layout, int32_t B, int32_t T,
                                 int32_t Dq, int32_t Dv, double scale) {
-    if (!ctx_->ok()) return;
-    if (!attention_dims_supported(Dq, Dv)) {
-        ctx_->err = fail(STX_ERR_UNSUPPORTED,
-                         "CUDA attention: head dims Dq %d, Dv %d are not compiled (Dq 32, 64 or "
-                         "128; Dv = Dq or 2 Dq up to 128)",
-                         Dq, Dv);
-        return;
-    }
-    const DeviceLayout *dl = device_layout(ctx_, layout);
+    const DeviceLayout *dl = attention_layout(ctx_, layout, Dq, Dv);
     if (!dl) return;
     const float sc = static_cast<float>(scale);
     const int32_t H = layout.n_head;
-    const size_t nq = static_cast<size_t>(B) * T * H * Dq, nv = static_cast<size_t>(B) * T * H * Dv;
-    // bf16 mode runs on tensor cores from bf16 copies of q, k, v (each a multiple of 8
-    // elements, so every copy starts 16-byte aligned for cp.async).
-    const bool tc = ctx_->bf16 && tc_attention_supported(Dq, Dv, layout.block_size);
-    __nv_bfloat16 *q16 = nullptr, *k16 = nullptr, *v16 = nullptr;
-    if (tc) {
-        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + nv) * sizeof(__nv_bfloat16))) return;
-        q16 = reinterpret_cast<__nv_bfloat16 *>(ctx_->cast_scratch.data());
-        k16 = q16 + nq;
-        v16 = k16 + nq;
-        tc_to_bf16(ctx_.get(), q16, q, static_cast<int64_t>(nq));
-        tc_to_bf16(ctx_.get(), k16, k, static_cast<int64_t>(nq));
-        tc_to_bf16(ctx_.get(), v16, v, static_cast<int64_t>(nv));
-    }
+    const size_t rows = static_cast<size_t>(B) * T * H, nv = rows * Dv;
+    // bf16 mode runs on tensor cores from bf16 copies of q, k, v.
+    const bool tc = use_tc(ctx_, layout, Dq, Dv);
+    Bf16Operands x;
+    if (tc && !to_bf16_operands(ctx_, rows, Dq, Dv, q, k, v, nullptr, &x)) return;
     auto run_pass = [&](int32_t p, float *o_p, float *lse_p) {
         if (tc) {
-            if (!wg_attention_forward(ctx_, *dl, p, q16, k16, v16, o_p, lse_p, B, T, Dq, Dv, sc))
-                tc_attention_forward(ctx_, *dl, p, q16, k16, v16, o_p, lse_p, B, T, Dq, Dv, sc);
+            if (!wg_attention_forward(ctx_, *dl, p, x.q, x.k, x.v, o_p, lse_p, B, T, Dq, Dv, sc))
+                tc_attention_forward(ctx_, *dl, p, x.q, x.k, x.v, o_p, lse_p, B, T, Dq, Dv, sc);
         } else
             dispatch(Dq, Dv, ctx_->bf16,
                      [&](auto kern) { kern.forward(ctx_, *dl, p, q, k, v, o_p, lse_p, B, T, sc); });
@@ -807,8 +840,7 @@ void CudaOps::attention_forward(float *out, float *lse, const float *q, const fl
     float *o_parts = ctx_->scratch.data(), *lse_parts = o_parts + dl->max_passes * n_o;
     for (int32_t p = 0; p < dl->max_passes; ++p)
         run_pass(p, o_parts + p * n_o, lse_parts + p * n_l);
-    const int64_t rows = static_cast<int64_t>(B) * T * H;
-    attn_combine_kernel<<<blocks_for(rows, 128), 128, 0, ctx_->stream>>>(
+    attn_combine_kernel<<<blocks_for(static_cast<int64_t>(rows), 128), 128, 0, ctx_->stream>>>(
         dl->view, o_parts, lse_parts, out, lse, B, T, Dv);
     STX_LAUNCH_CHECK(ctx_, "attn_combine_kernel");
 }
@@ -817,15 +849,7 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
                                  const float *k, const float *v, const float *out, const float *lse,
                                  const Layout &layout, int32_t B, int32_t T, int32_t Dq, int32_t Dv,
                                  double scale) {
-    if (!ctx_->ok()) return;
-    if (!attention_dims_supported(Dq, Dv)) {
-        ctx_->err = fail(STX_ERR_UNSUPPORTED,
-                         "CUDA attention: head dims Dq %d, Dv %d are not "
-                         "compiled",
-                         Dq, Dv);
-        return;
-    }
-    const DeviceLayout *dl = device_layout(ctx_, layout);
+    const DeviceLayout *dl = attention_layout(ctx_, layout, Dq, Dv);
     if (!dl) return;
     const int32_t H = layout.n_head;
     const size_t n_l = static_cast<size_t>(B) * H * T;
@@ -835,21 +859,14 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
         delta, dout, out, B, T, H, Dv);
     if (!STX_LAUNCH_CHECK(ctx_, "attn_delta_kernel")) return;
     const float sc = static_cast<float>(scale);
-    if (ctx_->bf16 && tc_attention_supported(Dq, Dv, layout.block_size)) {
-        const size_t nq = static_cast<size_t>(B) * T * H * Dq,
-                     nv = static_cast<size_t>(B) * T * H * Dv;
-        if (!ctx_->reserve(ctx_->cast_scratch, (2 * nq + 2 * nv) * sizeof(__nv_bfloat16))) return;
-        __nv_bfloat16 *q16 = reinterpret_cast<__nv_bfloat16 *>(ctx_->cast_scratch.data());
-        __nv_bfloat16 *k16 = q16 + nq, *v16 = k16 + nq, *do16 = v16 + nv;
-        tc_to_bf16(ctx_.get(), q16, q, static_cast<int64_t>(nq));
-        tc_to_bf16(ctx_.get(), k16, k, static_cast<int64_t>(nq));
-        tc_to_bf16(ctx_.get(), v16, v, static_cast<int64_t>(nv));
-        tc_to_bf16(ctx_.get(), do16, dout, static_cast<int64_t>(nv));
+    if (use_tc(ctx_, layout, Dq, Dv)) {
+        Bf16Operands x;
+        if (!to_bf16_operands(ctx_, n_l, Dq, Dv, q, k, v, dout, &x)) return; // n_l: B T H rows
         for (int32_t p = 0; p < dl->max_passes; ++p)
-            if (!wg_attention_backward(ctx_, *dl, p, q16, k16, v16, do16, lse, delta, dq, dk, dv, B,
-                                       T, Dq, Dv, sc))
-                tc_attention_backward(ctx_, *dl, p, q16, k16, v16, do16, lse, delta, dq, dk, dv, B,
-                                      T, Dq, Dv, sc);
+            if (!wg_attention_backward(ctx_, *dl, p, x.q, x.k, x.v, x.dout, lse, delta, dq, dk, dv,
+                                       B, T, Dq, Dv, sc))
+                tc_attention_backward(ctx_, *dl, p, x.q, x.k, x.v, x.dout, lse, delta, dq, dk, dv,
+                                      B, T, Dq, Dv, sc);
         return;
     }
     for (int32_t p = 0; p < dl->max_passes; ++p)
