@@ -173,39 +173,6 @@ __device__ __forceinline__ void load_rows(bf16 *tile, const bf16 *src, const Slo
     }
 }
 
-// The CTA's tile (find_work over the pass's block order; false: no work, or no row of the
-// tile holds a position) and its block's list, entries *e0 .. *e1 - 1 of the CSR list
-// (forward, dq) or, TRANSPOSED, of the transposed list (dk, dv).
-template <int TILE, bool TRANSPOSED>
-__device__ __forceinline__ bool find_list(const LayoutView &L, int32_t local_pass, int32_t B,
-                                          int32_t T, Work *w, int64_t *e0, int64_t *e1) {
-    if (!find_work<TILE>(L, local_pass, B, T, TRANSPOSED ? L.orderT : L.order, w)) return false;
-    if (!tile_has_rows<TILE>(*w)) return false;
-    const DevPass &P = L.passes[w->pg];
-    const int64_t *ptr = TRANSPOSED ? L.colT_ptr : L.row_ptr;
-    const int64_t off = TRANSPOSED ? P.colT_ptr_off : P.row_ptr_off;
-    *e0 = ptr[off + w->blk];
-    *e1 = ptr[off + w->blk + 1];
-    return true;
-}
-
-// The two-stage pipeline over n_chunks chunks, issue(t) filling stage t & 1 with cp.async.
-// first_stage: chunk 0 on its way (after what the CTA loaded for good, in one group).
-template <typename F> __device__ __forceinline__ void first_stage(int32_t n_chunks, F &&issue) {
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
-}
-// next_stage: chunk t landed for all threads, chunk t + 1 on its way into the other stage
-// (read at t - 1, free now); returns chunk t's stage.
-template <typename F>
-__device__ __forceinline__ int next_stage(int32_t t, int32_t n_chunks, F &&issue) {
-    cp_async_wait_all();
-    __syncthreads();
-    if (t + 1 < n_chunks) issue(t + 1);
-    cp_async_commit();
-    return t & 1;
-}
-
 // Chunk t of a CSR list (entries from e0, per chunks an entry) into stage t & 1 by NT threads:
 // keys (t % per) BN .. + BN - 1 of the (t / per)-th block of the list, their k rows into ks,
 // v rows into vs (16-key groups the entry never computes left out) and positions into kpos.
@@ -219,15 +186,6 @@ load_key_chunk(bf16 *ks, bf16 *vs, int32_t *kpos, const bf16 *k, const bf16 *v, 
     load_rows<BN, DQ, NT>(ks + st * BN * SQ, k, w.s, slot, row0, H, w.h, groups);
     load_rows<BN, DV, NT>(vs + st * BN * SV, v, w.s, slot, row0, H, w.h, groups);
     for (int i = threadIdx.x; i < BN; i += NT) kpos[st * BN + i] = slot_pos32(w.s, slot + i);
-}
-
-// The positions of the two rows a thread holds (g and g + 8, g = lane / 4) of the 16 rows
-// from slot `first` (-1: none).
-__device__ __forceinline__ void row_pair_pos(const Slots &s, int32_t first, int lane,
-                                             int32_t (&pos)[2]) {
-    const int32_t row = first + (lane >> 2);
-    pos[0] = slot_pos32(s, row);
-    pos[1] = slot_pos32(s, row + 8);
 }
 
 // Zeros an accumulator of N fragments.

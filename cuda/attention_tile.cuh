@@ -1,8 +1,9 @@
 // attention_tile.cuh: what the bf16 attention kernels (attention_tc.cu, mma.sync for sm_80
 // and later; attention_wgmma.cu, wgmma for sm_90a) share: the CTA's work (a query or key tile
-// of one pass of one head), the slot order of a pass, the masks of an entry, the quad
-// reductions of the accumulator layout (the same per warp for mma.sync m16n8 and wgmma m64N),
-// cp.async, and the host's launch checks. Included by those .cu files only.
+// of one pass of one head, and its block's list), the slot order of a pass, the masks of an
+// entry, the quad reductions of the accumulator layout (the same per warp for mma.sync m16n8
+// and wgmma m64N), cp.async and the two-stage pipeline over a list, and the host's launch
+// checks. Included by those .cu files only.
 #pragma once
 #include <cuda_bf16.h>
 
@@ -11,6 +12,12 @@
 
 #include "attention_tc.cuh"
 #include "error.h"
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+#define STX_WGMMA 1 // this device pass targets sm_90a
+#else
+#define STX_WGMMA 0
+#endif
 
 namespace stx {
 namespace cuda {
@@ -41,6 +48,13 @@ __device__ __forceinline__ void cp_async_commit() {
 }
 __device__ __forceinline__ void cp_async_wait_all() {
     asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
+// Orders this thread's completed generic-proxy writes of shared memory (cp.async included)
+// before later reads through the async proxy (wgmma, wgmma.cuh); sm_90a passes only.
+__device__ __forceinline__ void fence_proxy_async() {
+#if STX_WGMMA
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+#endif
 }
 
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
@@ -126,6 +140,50 @@ template <int TILE> __device__ __forceinline__ bool tile_has_rows(const Work &w)
     if (threadIdx.x < TILE)
         valid = slot_pos32(w.s, w.slot0 + static_cast<int32_t>(threadIdx.x)) >= 0;
     return __syncthreads_or(valid) != 0;
+}
+
+// The CTA's tile (find_work over the pass's block order; false: no work, or no row of the
+// tile holds a position) and its block's list, entries *e0 .. *e1 - 1 of the CSR list
+// (forward, dq) or, TRANSPOSED, of the transposed list (dk, dv).
+template <int TILE, bool TRANSPOSED>
+__device__ __forceinline__ bool find_list(const LayoutView &L, int32_t local_pass, int32_t B,
+                                          int32_t T, Work *w, int64_t *e0, int64_t *e1) {
+    if (!find_work<TILE>(L, local_pass, B, T, TRANSPOSED ? L.orderT : L.order, w)) return false;
+    if (!tile_has_rows<TILE>(*w)) return false;
+    const DevPass &P = L.passes[w->pg];
+    const int64_t *ptr = TRANSPOSED ? L.colT_ptr : L.row_ptr;
+    const int64_t off = TRANSPOSED ? P.colT_ptr_off : P.row_ptr_off;
+    *e0 = ptr[off + w->blk];
+    *e1 = ptr[off + w->blk + 1];
+    return true;
+}
+
+// The positions of the two rows a thread holds (g and g + 8, g = lane / 4) of the 16 rows
+// from slot `first` (-1: none).
+__device__ __forceinline__ void row_pair_pos(const Slots &s, int32_t first, int lane,
+                                             int32_t (&pos)[2]) {
+    const int32_t row = first + (lane >> 2);
+    pos[0] = slot_pos32(s, row);
+    pos[1] = slot_pos32(s, row + 8);
+}
+
+// The two-stage pipeline over n_chunks chunks, issue(t) filling stage t & 1 with cp.async.
+// first_stage: chunk 0 on its way (after what the CTA loaded for good, in one group).
+template <typename F> __device__ __forceinline__ void first_stage(int32_t n_chunks, F &&issue) {
+    if (n_chunks > 0) issue(0);
+    cp_async_commit();
+}
+// next_stage: chunk t landed for all threads, chunk t + 1 on its way into the other stage
+// (read at t - 1, free now); returns chunk t's stage. ASYNC_PROXY (wgmma readers): each
+// thread's copies fenced to the async proxy before the barrier.
+template <bool ASYNC_PROXY = false, typename F>
+__device__ __forceinline__ int next_stage(int32_t t, int32_t n_chunks, F &&issue) {
+    cp_async_wait_all();
+    if (ASYNC_PROXY) fence_proxy_async();
+    __syncthreads();
+    if (t + 1 < n_chunks) issue(t + 1);
+    cp_async_commit();
+    return t & 1;
 }
 
 // The dq kernels' statistics of the thread's query rows (positions qp, -1: none; stat0: the

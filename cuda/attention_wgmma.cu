@@ -52,10 +52,8 @@ __global__ void __launch_bounds__(kWgThreads, 1)
     int32_t *kpos = reinterpret_cast<int32_t *>(smem + (vs + 2 * S::kV - smem_addr(smem)));
 
     Work w;
-    if (!find_work<kWgRows>(L, local_pass, B, T, L.order, &w)) return;
-    if (!tile_has_rows<kWgRows>(w)) return;
-    const DevPass &P = L.passes[w.pg];
-    const int64_t e0 = L.row_ptr[P.row_ptr_off + w.blk], e1 = L.row_ptr[P.row_ptr_off + w.blk + 1];
+    int64_t e0, e1;
+    if (!find_list<kWgRows, false>(L, local_pass, B, T, &w, &e0, &e1)) return;
     const int32_t per = L.bs / BN, H = L.n_head;
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T;
@@ -70,27 +68,16 @@ __global__ void __launch_bounds__(kWgThreads, 1)
             kpos[st * BN + i] = slot_pos32(w.s, slot + i);
     };
     load_rows_sw128<DQ>(qs, threadIdx.x, q, w.s, w.slot0, row0, H, w.h);
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
+    first_stage(n_chunks, issue);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     int32_t qp[2];
-    qp[0] = slot_pos32(w.s, w.slot0 + warp * 16 + (lane >> 2));
-    qp[1] = slot_pos32(w.s, w.slot0 + warp * 16 + (lane >> 2) + 8);
-    float o[NV][32];
-#pragma unroll
-    for (int j = 0; j < NV; ++j)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) o[j][i] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f}; // log2 units
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, qp);
+    float o[NV][32], mrow[2], lrow[2];
+    fwd_start<DV>(o, mrow, lrow);
 
     for (int32_t t = 0; t < n_chunks; ++t) {
-        cp_async_wait_all();
-        fence_proxy_async(); // this thread's copies, before wgmma reads them
-        __syncthreads();     // stage t landed for all; stage t + 1 (read at t - 1) is free
-        if (t + 1 < n_chunks) issue(t + 1);
-        cp_async_commit();
-        const int st = t & 1;
+        const int st = next_stage<true>(t, n_chunks, issue);
         const ChunkMask cm = chunk_mask<BN>(L, L.mode[e0 + t / per], (t % per) * BN);
         if (cm.groups == 0) continue; // the entry computes none of these keys
         fwd_chunk<DQ, DV>(

@@ -75,10 +75,8 @@ __global__ void __launch_bounds__(128, 1)
     int32_t *kpos = reinterpret_cast<int32_t *>(smem + 3 * (kQ + kV));
 
     Work w;
-    if (!find_work<64>(L, local_pass, B, T, L.order, &w)) return;
-    if (!tile_has_rows<64>(w)) return;
-    const DevPass &P = L.passes[w.pg];
-    const int64_t e0 = L.row_ptr[P.row_ptr_off + w.blk], e1 = L.row_ptr[P.row_ptr_off + w.blk + 1];
+    int64_t e0, e1;
+    if (!find_list<64, false>(L, local_pass, B, T, &w, &e0, &e1)) return;
     const int32_t per = L.bs / 64, H = L.n_head;
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T;
@@ -95,25 +93,18 @@ __global__ void __launch_bounds__(128, 1)
     };
     load_rows_sw128<DQ>(qs, opaque_tid(), q, w.s, w.slot0, row0, H, w.h);
     load_rows_sw128<DV>(dos, opaque_tid(), dout, w.s, w.slot0, row0, H, w.h);
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
+    first_stage(n_chunks, issue);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    int32_t qp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, qp);
     float lse2[2], dl[2];
     row_stats(lse2, dl, qp, lse, delta, (static_cast<int64_t>(w.b) * H + w.h) * T);
     float acc[NQ][32];
-#pragma unroll
-    for (int p = 0; p < NQ; ++p) zero32(acc[p]);
+    zero32(acc);
 
     for (int32_t t = 0; t < n_chunks; ++t) {
-        cp_async_wait_all();
-        fence_proxy_async(); // my writes of stage t, to the wgmmas of every thread
-        __syncthreads();     // stage t landed for all; stage t + 1 (read at t - 1) is free
-        if (t + 1 < n_chunks) issue(t + 1);
-        cp_async_commit();
-        const int st = t & 1;
+        const int st = next_stage<true>(t, n_chunks, issue);
         const uint32_t kt = ks + st * kQ, vt = vs + st * kV;
         const ChunkMask cm = chunk_mask<64>(L, L.mode[e0 + t / per], (t % per) * 64);
         if (cm.groups == 0) continue; // the entry computes none of these keys
@@ -152,11 +143,8 @@ __global__ void __launch_bounds__(128, 1)
     float *dls = lse2s + 2 * 64;
 
     Work w;
-    if (!find_work<64>(L, local_pass, B, T, L.orderT, &w)) return;
-    if (!tile_has_rows<64>(w)) return;
-    const DevPass &P = L.passes[w.pg];
-    const int64_t e0 = L.colT_ptr[P.colT_ptr_off + w.blk],
-                  e1 = L.colT_ptr[P.colT_ptr_off + w.blk + 1];
+    int64_t e0, e1;
+    if (!find_list<64, true>(L, local_pass, B, T, &w, &e0, &e1)) return;
     const int32_t per = L.bs / 64, H = L.n_head;
     const int32_t n_chunks = static_cast<int32_t>(e1 - e0) * per;
     const int64_t row0 = static_cast<int64_t>(w.b) * T,
@@ -179,26 +167,18 @@ __global__ void __launch_bounds__(128, 1)
     };
     load_rows_sw128<DQ>(ks, opaque_tid(), k, w.s, w.slot0, row0, H, w.h);
     load_rows_sw128<DV>(vs, opaque_tid(), v, w.s, w.slot0, row0, H, w.h);
-    if (n_chunks > 0) issue(0);
-    cp_async_commit();
+    first_stage(n_chunks, issue);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t kp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    int32_t kp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, kp);
     const int ko = koff + warp * 16 + (lane >> 2); // the key offset of the thread's row g
     float dka[NQ][32], dva[NV][32];
-#pragma unroll
-    for (int p = 0; p < NQ; ++p) zero32(dka[p]);
-#pragma unroll
-    for (int p = 0; p < NV; ++p) zero32(dva[p]);
+    zero32(dka);
+    zero32(dva);
 
     for (int32_t t = 0; t < n_chunks; ++t) {
-        cp_async_wait_all();
-        fence_proxy_async(); // my writes of stage t, to the wgmmas of every thread
-        __syncthreads();     // stage t landed for all; stage t + 1 (read at t - 1) is free
-        if (t + 1 < n_chunks) issue(t + 1);
-        cp_async_commit();
-        const int st = t & 1;
+        const int st = next_stage<true>(t, n_chunks, issue);
         const uint32_t qt = qs + st * kQ, dot = dos + st * kV;
         const int32_t *qpt = qpos + st * 64;
         const float *l2 = lse2s + st * 64, *dlt = dls + st * 64;

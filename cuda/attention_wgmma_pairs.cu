@@ -203,14 +203,10 @@ __global__ void __launch_bounds__(128, 1)
     load_rows_sw128<DQ>(qs, threadIdx.x, q, w.s, w.slot0, row0, H, w.h);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
-    float o[DV / 64][32];
-#pragma unroll
-    for (int j = 0; j < DV / 64; ++j)
-#pragma unroll
-        for (int i = 0; i < 32; ++i) o[j][i] = 0.0f;
-    float mrow[2] = {-INFINITY, -INFINITY}, lrow[2] = {0.0f, 0.0f}; // log2 units
+    int32_t qp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, qp);
+    float o[DV / 64][32], mrow[2], lrow[2];
+    fwd_start<DV>(o, mrow, lrow);
 
     pair_loop(
         ps, pair_offs(L.order, P), pair_chunks(L.order, P.chunk_off), w,
@@ -257,13 +253,12 @@ __global__ void __launch_bounds__(128, 1)
     load_rows_sw128<DV>(dos, opaque_tid(), dout, w.s, w.slot0, row0, H, w.h);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t qp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    int32_t qp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, qp);
     float lse2[2], dl[2];
     row_stats(lse2, dl, qp, lse, delta, (static_cast<int64_t>(w.b) * H + w.h) * T);
     float acc[DQ / 64][32];
-#pragma unroll
-    for (int p = 0; p < DQ / 64; ++p) zero32(acc[p]);
+    zero32(acc);
 
     pair_loop(
         ps, pair_offs(L.order, P), pair_chunks(L.order, P.chunk_off), w,
@@ -318,14 +313,12 @@ __global__ void __launch_bounds__(128, 1)
     load_rows_sw128<DV>(vs, opaque_tid(), v, w.s, w.slot0, row0, H, w.h);
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, half = warp >> 1;
-    const int32_t row = w.slot0 + warp * 16 + (lane >> 2);
-    const int32_t kp[2] = {slot_pos32(w.s, row), slot_pos32(w.s, row + 8)};
+    int32_t kp[2];
+    row_pair_pos(w.s, w.slot0 + warp * 16, lane, kp);
     const int ko = (warp & 1) * 16 + (lane >> 2); // the key offset of the thread's row g
     float dka[DQ / 64][32], dva[DV / 64][32];
-#pragma unroll
-    for (int p = 0; p < DQ / 64; ++p) zero32(dka[p]);
-#pragma unroll
-    for (int p = 0; p < DV / 64; ++p) zero32(dva[p]);
+    zero32(dka);
+    zero32(dva);
 
     pair_loop(
         ps, pair_offs(L.orderT, P), pair_chunks(L.orderT, P.chunkT_off), w,

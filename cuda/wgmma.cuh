@@ -28,13 +28,7 @@
 #pragma once
 #include <cstdint>
 
-#include "attention_tile.cuh" // pack_bf16
-
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define STX_WGMMA 1 // this device pass targets sm_90a
-#else
-#define STX_WGMMA 0
-#endif
+#include "attention_tile.cuh" // pack_bf16, STX_WGMMA, fence_proxy_async
 
 namespace stx {
 namespace cuda {
@@ -49,11 +43,6 @@ __device__ __forceinline__ uint32_t sw128_chunk(uint32_t base, int rows, int r, 
            static_cast<uint32_t>((c >> 3) * rows * 128 + r * 128 + (((c & 7) ^ (r & 7)) << 4));
 }
 
-__device__ __forceinline__ void fence_proxy_async() {
-#if STX_WGMMA
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-#endif
-}
 __device__ __forceinline__ void wgmma_fence() {
 #if STX_WGMMA
     asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
@@ -198,6 +187,11 @@ __device__ __forceinline__ void zero32(float (&d)[32]) {
     for (int i = 0; i < 32; ++i) d[i] = 0.0f;
     fence_regs(d);
 }
+// zero32 on each 64-column part of a wider accumulator.
+template <int NP> __device__ __forceinline__ void zero32(float (&d)[NP][32]) {
+#pragma unroll
+    for (int p = 0; p < NP; ++p) zero32(d[p]);
+}
 
 // The four A fragments of a 64 x 64 product from its accumulators, pinned likewise.
 __device__ __forceinline__ void frags_from(uint32_t (&a)[4][4], const float (&d)[32]) {
@@ -207,6 +201,18 @@ __device__ __forceinline__ void frags_from(uint32_t (&a)[4][4], const float (&d)
 #pragma unroll
         for (int i = 0; i < 4; ++i) asm volatile("" : "+r"(a[kk][i])::"memory");
     }
+}
+
+// Forward's start: O zero, the running max -inf and the running sum 0 (log2 units).
+template <int DV>
+__device__ __forceinline__ void fwd_start(float (&o)[DV / 64][32], float (&mrow)[2],
+                                          float (&lrow)[2]) {
+#pragma unroll
+    for (int j = 0; j < DV / 64; ++j)
+#pragma unroll
+        for (int i = 0; i < 32; ++i) o[j][i] = 0.0f;
+    mrow[0] = mrow[1] = -INFINITY;
+    lrow[0] = lrow[1] = 0.0f;
 }
 
 // Forward, one chunk of 64 keys (K at kt, V at vt) for the 64 query rows at qs: S = Q K^T,
