@@ -216,18 +216,27 @@ __global__ void position_grad_kernel(float *dpos, const float *dout, int32_t sha
     dpos[static_cast<int64_t>(k) * C + c] = acc;
 }
 
+// The max m of a row of V logits and the sum s of exp(z - m), by its warp (every lane gets
+// them): the row's log sum exp is m + logf(s).
+__device__ __forceinline__ void warp_max_sumexp(const float *z, int32_t V, float *m_out,
+                                                float *s_out) {
+    float m = -INFINITY;
+    for (int32_t v = threadIdx.x; v < V; v += 32) m = fmaxf(m, z[v]);
+    m = warp_max(m);
+    float s = 0.0f;
+    for (int32_t v = threadIdx.x; v < V; v += 32) s += expf(z[v] - m);
+    *m_out = m;
+    *s_out = warp_sum(s);
+}
+
 // One warp per row of V logits.
 __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
                                             const uint8_t *targets, int64_t N, int32_t V) {
     const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
     if (row >= N) return;
     const float *z = logits + row * V;
-    float m = -INFINITY;
-    for (int32_t v = threadIdx.x; v < V; v += 32) m = fmaxf(m, z[v]);
-    m = warp_max(m);
-    float s = 0.0f;
-    for (int32_t v = threadIdx.x; v < V; v += 32) s += expf(z[v] - m);
-    s = warp_sum(s);
+    float m, s;
+    warp_max_sumexp(z, V, &m, &s);
     if (threadIdx.x == 0) losses[row] = m + logf(s) - z[targets[row]];
 }
 
@@ -237,12 +246,8 @@ __global__ void crossentropy_backward_kernel(float *dlogits, const float *logits
     const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
     if (row >= N) return;
     const float *z = logits + row * V;
-    float m = -INFINITY;
-    for (int32_t v = threadIdx.x; v < V; v += 32) m = fmaxf(m, z[v]);
-    m = warp_max(m);
-    float s = 0.0f;
-    for (int32_t v = threadIdx.x; v < V; v += 32) s += expf(z[v] - m);
-    s = warp_sum(s);
+    float m, s;
+    warp_max_sumexp(z, V, &m, &s);
     const float lse = m + logf(s);
     const int32_t target = targets[row];
     for (int32_t v = threadIdx.x; v < V; v += 32)
