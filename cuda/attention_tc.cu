@@ -494,12 +494,6 @@ __global__ void __launch_bounds__(TILE * 2, 1)
     }
 }
 
-__global__ void to_bf16_kernel(bf16 *dst, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-        dst[i] = __float2bfloat16(src[i]);
-}
-
 template <int DQ, int DV, int TILE> struct Tc {
     using S = Shapes<DQ, DV, TILE>;
     static void forward(const std::shared_ptr<Context> &ctx, const DeviceLayout &dl, int32_t pass,
@@ -565,7 +559,7 @@ bool tc_attention_supported(int32_t Dq, int32_t Dv, int32_t block_size) {
 
 void tc_to_bf16(Context *ctx, __nv_bfloat16 *dst, const float *src, int64_t n) {
     if (!ctx->ok() || n <= 0) return;
-    to_bf16_kernel<<<blocks_for(n, 256), 256, 0, ctx->stream>>>(dst, src, n);
+    launch_to_bf16(ctx->stream, dst, src, n);
     STX_LAUNCH_CHECK(ctx, "to_bf16_kernel");
 }
 

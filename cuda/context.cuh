@@ -92,6 +92,11 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// dst = bf16(src) (round to nearest even) on `stream`: the one conversion kernel the
+// weights, activations, attention operands and bf16 gradient all-reduce share (linear.cu).
+// Launch errors are left to the caller's check.
+void launch_to_bf16(cudaStream_t stream, __nv_bfloat16 *dst, const float *src, int64_t n);
+
 // Deterministic column sums: out[c] += sum_n x[n, c] (N rows of C), in a fixed order.
 void column_sum_add(Context *ctx, float *out, const float *x, int64_t N, int32_t C);
 

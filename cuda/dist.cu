@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "context.cuh"
 #include "dist.h"
 #include "error.h"
 
@@ -46,11 +47,6 @@ __global__ void scale_kernel(float *x, int64_t n, float s) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
          i += static_cast<int64_t>(gridDim.x) * blockDim.x)
         x[i] *= s;
-}
-__global__ void to_bf16_kernel(__nv_bfloat16 *dst, const float *src, int64_t n) {
-    for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
-         i += static_cast<int64_t>(gridDim.x) * blockDim.x)
-        dst[i] = __float2bfloat16(src[i]);
 }
 __global__ void from_bf16_kernel(float *dst, const __nv_bfloat16 *src, int64_t n, float s) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -306,7 +302,7 @@ public:
         const float inv = 1.0f / static_cast<float>(t_->world());
         if (o_.bf16) {
             __nv_bfloat16 *b = stage_ + offset;
-            to_bf16_kernel<<<grid_for(count), 256, 0, cs>>>(b, g, count);
+            cuda::launch_to_bf16(cs, b, g, count);
             if (record(t_->call(ncclAllReduce(b, b, static_cast<size_t>(count), ncclBfloat16,
                                               ncclSum, t_->comm(), cs),
                                 "ncclAllReduce (bf16 gradients)")))

@@ -80,7 +80,7 @@ const int64_t kAlignElems = 128; // 256 bytes of bf16
 
 void to_bf16(const std::shared_ptr<Context> &ctx, __nv_bfloat16 *dst, const float *src, int64_t n) {
     if (!ctx->ok()) return;
-    to_bf16_kernel<<<blocks_for((n + 7) / 8, 256), 256, 0, ctx->stream>>>(dst, src, n);
+    launch_to_bf16(ctx->stream, dst, src, n);
     STX_LAUNCH_CHECK(ctx, "to_bf16_kernel");
 }
 
@@ -127,6 +127,10 @@ bool overlap(const float *a, int64_t na, const float *b, int64_t nb) {
 }
 
 } // namespace
+
+void launch_to_bf16(cudaStream_t stream, __nv_bfloat16 *dst, const float *src, int64_t n) {
+    if (n > 0) to_bf16_kernel<<<blocks_for((n + 7) / 8, 256), 256, 0, stream>>>(dst, src, n);
+}
 
 void CudaOps::linear_forward(float *out, const float *inp, const float *w, const float *bias,
                              int64_t N, int32_t IC, int32_t OC) {
