@@ -460,6 +460,17 @@ static void setup_dist(run *r) {
 
 /* The model config of a fresh run: preset (or the library's defaults), the dataset's record
  * shape for image kinds, then the explicit options. Usage errors return 2. */
+/* --device as a backend and device; in a data-parallel run each rank takes GPU LOCAL_RANK unless
+ * --device names one. 0, or the exit code of a usage error. */
+static int parse_rank_device(const stx_cli *cli, const options *o, const dist_env *env,
+                             int32_t *backend, int32_t *device) {
+    if (stx_cli_parse_device(o->device, backend, device) != 0)
+        return stx_cli_usage_error(cli, "--device: '%s' is not cpu, cuda, cuda:N or auto",
+                                   o->device);
+    if (env->present && !strchr(o->device, ':')) *device = env->local_rank;
+    return 0;
+}
+
 static int build_config(stx_cli *cli, const options *o, const stx_data_info *info,
                         const dist_env *env, stx_config *cfg) {
     if (stx_cli_find(cli, "preset")->seen) {
@@ -520,13 +531,10 @@ static int build_config(stx_cli *cli, const options *o, const stx_data_info *inf
     }
     cfg->n_threads = o->threads;
     int32_t backend = 0, device = 0;
-    if (stx_cli_parse_device(o->device, &backend, &device) != 0)
-        return stx_cli_usage_error(cli, "--device: '%s' is not cpu, cuda, cuda:N or auto",
-                                   o->device);
+    const int bad = parse_rank_device(cli, o, env, &backend, &device);
+    if (bad) return bad;
     cfg->backend = backend;
     cfg->device = device;
-    /* Data parallel: each rank on GPU LOCAL_RANK unless --device names one. */
-    if (env->present && !strchr(o->device, ':')) cfg->device = env->local_rank;
     /* fp32 and auto on a machine without CUDA: keep auto; bf16 on auto needs CUDA: say so
      * through the library's message. */
     if (cfg->backend == STX_BACKEND_AUTO && cfg->precision == STX_PRECISION_BF16 &&
@@ -748,10 +756,8 @@ int main(int argc, char **argv) {
                                            "comes from the checkpoint)",
                                            kModelOptions[i]);
         int32_t backend = 0, device = 0;
-        if (stx_cli_parse_device(o->device, &backend, &device) != 0)
-            return stx_cli_usage_error(&cli, "--device: '%s' is not cpu, cuda, cuda:N or auto",
-                                       o->device);
-        if (r.env.present && !strchr(o->device, ':')) device = r.env.local_rank;
+        const int bad = parse_rank_device(&cli, o, &r.env, &backend, &device);
+        if (bad) return bad;
         if (stx_model_load(o->resume, backend, device, &r.model) != STX_OK)
             stx_cli_die(g_prog, "resume");
         if (stx_model_get_config(r.model, &r.cfg) != STX_OK) stx_cli_die(g_prog, "config");
