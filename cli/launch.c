@@ -24,6 +24,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common_progress.h"
+
 #define PROG     "sparsetx-launch"
 #define MAX_RANK 1024
 
@@ -51,12 +53,6 @@ static int parse_int(const char *text, long lo, long hi, long *out) {
     if (!*text || *end || errno || v < lo || v > hi) return -1;
     *out = v;
     return 0;
-}
-
-static double now_s(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
 static void describe(int status, char *buf, size_t n) {
@@ -170,10 +166,10 @@ int main(int argc, char **argv) {
         const pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid < 0 && errno != EINTR) break;
         if (pid <= 0) {
-            if (kill_at > 0.0 && now_s() > kill_at) {
+            if (kill_at > 0.0 && cli_now() > kill_at) {
                 for (int i = 0; i < g_n; ++i)
                     if (g_pids[i] > 0) kill(-g_pids[i], SIGKILL);
-                kill_at = now_s() + 1e9;
+                kill_at = cli_now() + 1e9;
             }
             const struct timespec pause = {0, 20 * 1000 * 1000};
             nanosleep(&pause, NULL);
@@ -195,7 +191,7 @@ int main(int argc, char **argv) {
                     (long)pid, what, left, left == 1 ? "" : "s");
             for (int i = 0; i < g_n; ++i)
                 if (g_pids[i] > 0) kill(-g_pids[i], SIGTERM);
-            kill_at = now_s() + (double)grace;
+            kill_at = cli_now() + (double)grace;
         } else if (!ok && failed_rank < 0) {
             failed_rank = rank;
             failed_status = status;

@@ -1,6 +1,8 @@
 /* train_dist.c: the environment and rendezvous of sparsetx-train's data parallel runs. */
 #include "train_dist.h"
 
+#include "common_progress.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -112,8 +114,7 @@ static int hex_value(char c) {
 }
 
 int dist_rendezvous_read(const char *path, double timeout_s, stx_dist_id *id, char *err, size_t n) {
-    struct timespec t0, now;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
+    const double t0 = cli_now();
     for (;;) {
         FILE *f = fopen(path, "r");
         if (f) {
@@ -133,10 +134,7 @@ int dist_rendezvous_read(const char *path, double timeout_s, stx_dist_id *id, ch
             }
             return 0;
         }
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        const double waited =
-            (double)(now.tv_sec - t0.tv_sec) + 1e-9 * (double)(now.tv_nsec - t0.tv_nsec);
-        if (waited > timeout_s) {
+        if (cli_now() - t0 > timeout_s) {
             snprintf(err, n,
                      "--dist-rendezvous: %s did not appear within %g s (did rank 0 start, and "
                      "do all ranks see the same file?)",
