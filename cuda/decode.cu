@@ -17,69 +17,32 @@
 // splits' partial results (a ticket counter), so no second kernel is launched. The key of the
 // current position is taken from the projection directly; split 0 writes it to the cache for
 // later steps.
+//
+// Batch 1 in bf16 on sm_90 (the latency-bound case: every kernel of the chain is a few
+// microseconds of dependent loads) takes three kernels a layer instead of five: the fused
+// attention of decode_cluster.cu (LayerNorm 1, q, k, v, attention and the projection's share of
+// each head, a cluster of CTAs per head), W1 with the heads' parts summed into the residual row,
+// and W2.
 #include <cuda_bf16.h>
 
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <type_traits>
 #include <vector>
 
 #include "backend.h"
-#include "context.cuh"
-#include "decode_plan.h"
+#include "decode_kernels.cuh"
 
 namespace stx {
 namespace cuda {
 namespace {
 
-const int kAttnThreads = 128;  // candidate keys per tile
 const int kKeysPerSplit = 128; // candidates a CTA takes at most: short chains, more CTAs
 // Attention CTAs an SM should hold: at 48 registers a thread it held 10 (ncu, H100), so 1,536
 // CTAs at batch 64 were 1.16 waves; 12 makes that one wave.
 const int kAttnCtasPerSm = 12;
-const int kRowThreads = 128; // a LayerNorm row's CTA
-
-template <typename E> __device__ __forceinline__ E to_e(float x);
-template <> __device__ __forceinline__ float to_e<float>(float x) {
-    return x;
-}
-template <> __device__ __forceinline__ __nv_bfloat16 to_e<__nv_bfloat16>(float x) {
-    return __float2bfloat16(x);
-}
-__device__ __forceinline__ float to_f(float x) {
-    return x;
-}
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) {
-    return __bfloat162float(x);
-}
-
-// Programmatic dependent launch (sm_90): a kernel of the small-batch step lets the next one
-// start at once, and that one loads its weights (which no kernel writes) before it waits for
-// the results of this one; so launches and weight loads overlap the chain instead of
-// lengthening it. No-ops on older architectures, where the host does not ask for it either.
-__device__ __forceinline__ void pdl_launch_dependents() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void pdl_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
-// The sum over a CTA of kRowThreads threads, in every thread.
-__device__ __forceinline__ float block_sum(float v, float *red) {
-    v = warp_sum(v);
-    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
-    __syncthreads();
-    float r = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kRowThreads / 32; ++w) r += red[w];
-    __syncthreads();
-    return r;
-}
 
 template <typename E> __global__ void cast_kernel(E *dst, const float *src, int64_t n) {
     for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
@@ -205,29 +168,12 @@ __global__ void decode_slots_kernel(int32_t *list, int64_t stride, const int64_t
     list[static_cast<int64_t>(h) * stride + t] = slot;
 }
 
-__device__ __forceinline__ float block_reduce(float v, bool is_max, float *scratch) {
-    v = is_max ? warp_max(v) : warp_sum(v);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float r = scratch[0];
-    for (int w = 1; w < kAttnThreads / 32; ++w) r = is_max ? fmaxf(r, scratch[w]) : r + scratch[w];
-    __syncthreads();
-    return r;
-}
-
 // MIN_CTAS: kAttnCtasPerSm for large batches; 1 for the small-batch step, whose few CTAs gain
 // nothing from occupancy and lose ~3% to the spills the register cap causes (H100, batch 1).
 template <typename E, int DQ, int DV, int MIN_CTAS>
 __global__ void __launch_bounds__(kAttnThreads, MIN_CTAS) decode_attention_kernel(AttnArgs<E> a) {
-    // Keys: kQChunks threads share a key row, a 16-byte chunk each, so a warp reads whole rows.
-    // Values: a thread sums 16-byte chunks of the rows of every kLanes-th key of a tile, so
-    // its loads are independent and all in flight; the key lanes are added at the end.
-    constexpr int kVec = 16 / sizeof(E); // elements of a 16-byte load
-    constexpr int kQChunks = DQ / kVec;  // threads along a key row
-    constexpr int kKeysPerPass = kAttnThreads / kQChunks;
-    constexpr int kChunks = DV / kVec; // threads along a value row
-    constexpr int kLanes = kAttnThreads / kChunks;
+    using S = TileShape<E, DQ, DV>;
+    constexpr int kVec = S::kVec, kQChunks = S::kQChunks, kChunks = S::kChunks, kLanes = S::kLanes;
     __shared__ float q[DQ];
     __shared__ __align__(16) E knew[DQ];
     __shared__ __align__(16) E vnew[DV];
@@ -277,7 +223,7 @@ __global__ void __launch_bounds__(kAttnThreads, MIN_CTAS) decode_attention_kerne
     const int64_t chunk = (tiles + n_splits - 1) / n_splits * kAttnThreads;
     const int64_t begin = split * chunk, end = begin + chunk < total ? begin + chunk : total;
     const int32_t *list = a.slots + static_cast<int64_t>(h) * a.slot_stride;
-    const int qchunk = tid % kQChunks, klane = tid / kQChunks;
+    const int qchunk = tid % kQChunks;
     float qreg[kVec];
 #pragma unroll
     for (int j = 0; j < kVec; ++j) qreg[j] = q[qchunk * kVec + j];
@@ -288,50 +234,16 @@ __global__ void __launch_bounds__(kAttnThreads, MIN_CTAS) decode_attention_kerne
     for (int64_t tile = begin; tile < end; tile += kAttnThreads) {
         slot_of[tid] = tile + tid < end ? list[tile + tid] : -2;
         __syncthreads();
-        // A key not read loads row 0 (always there) and scores -inf: no branch around loads.
-#pragma unroll
-        for (int e = klane; e < kAttnThreads; e += kKeysPerPass) {
-            const int32_t sl = slot_of[e];
-            const E *src =
-                sl >= 0 ? kbase + static_cast<int64_t>(sl) * DQ : (sl == -1 ? knew : kbase);
-            const uint4 raw = *(reinterpret_cast<const uint4 *>(src) + qchunk);
-            E vals[kVec];
-            memcpy(vals, &raw, sizeof raw);
-            float dot = 0.0f;
-#pragma unroll
-            for (int j = 0; j < kVec; ++j) dot += qreg[j] * to_f(vals[j]);
-#pragma unroll
-            for (int o = kQChunks / 2; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            if (qchunk == 0) score[e] = sl == -2 ? -INFINITY : dot * a.scale;
-        }
-        __syncthreads();
-        const int32_t slot = slot_of[tid];
-        const float s = score[tid];
-        const float tile_max = block_reduce(s, true, red);
-        const float m_new = fmaxf(m, tile_max);
-        if (m_new == -INFINITY) continue; // nothing read yet (uniform across the CTA)
-        const float alpha = m == -INFINITY ? 0.0f : expf(m - m_new);
-        const float pr = slot == -2 ? 0.0f : expf(s - m_new);
-        score[tid] = pr;
-        const float tile_sum = block_reduce(pr, false, red); // also orders score[] writes
-        l = l * alpha + tile_sum;
-#pragma unroll
-        for (int j = 0; j < kVec; ++j) acc[j] *= alpha;
-#pragma unroll
-        for (int e = lane; e < kAttnThreads; e += kLanes) {
-            const int32_t sl = slot_of[e];
-            // A key not read weighs 0 and loads row 0 (always there): no branch in the loop.
-            const E *src =
-                sl >= 0 ? vbase + static_cast<int64_t>(sl) * DV : (sl == -1 ? vnew : vbase);
-            const uint4 raw = *(reinterpret_cast<const uint4 *>(src) + vchunk);
-            E vals[kVec];
-            memcpy(vals, &raw, sizeof raw);
-            const float w = score[e];
-#pragma unroll
-            for (int j = 0; j < kVec; ++j) acc[j] += w * to_f(vals[j]);
-        }
-        m = m_new;
-        __syncthreads(); // score[] and slot_of[] are rewritten by the next tile
+        // A key not read loads row 0 (always there).
+        attend_tile<E, DQ, DV>(
+            qreg, slot_of, score, red, a.scale,
+            [&](int, int32_t sl) {
+                return sl >= 0 ? kbase + static_cast<int64_t>(sl) * DQ : (sl == -1 ? knew : kbase);
+            },
+            [&](int, int32_t sl) {
+                return sl >= 0 ? vbase + static_cast<int64_t>(sl) * DV : (sl == -1 ? vnew : vbase);
+            },
+            m, l, acc);
     }
 #pragma unroll
     for (int j = 0; j < kVec; ++j) acc_part[lane][vchunk * kVec + j] = acc[j];
@@ -376,13 +288,18 @@ __global__ void __launch_bounds__(kAttnThreads, MIN_CTAS) decode_attention_kerne
 // few short kernels per layer rather than cuBLAS calls and elementwise kernels between them.
 const int kGemvRows = 4;  // the largest batch the fused path takes
 const int kGemvWarps = 4; // outputs per CTA (a warp each)
-enum GemvIn { kInLayerNorm, kInRows };
+enum GemvIn { kInLayerNorm, kInRows, kInProjSum };
 enum GemvOut { kOutRaw, kOutGelu, kOutResidual };
 
 template <typename E> struct GemvArgs {
-    const float *x;           // kInLayerNorm: fp32 rows [B][IC]
+    const float *x;           // kInLayerNorm, kInProjSum: fp32 rows [B][IC]
     const float *ln_g, *ln_b; // and its LayerNorm
     float eps;
+    // kInProjSum: the LayerNorm's input is x + (the heads' projection parts [B][n_parts][IC]
+    // summed in order + part_bias), which CTA 0 also stores in x_out as the new residual row.
+    const float *parts, *part_bias;
+    int32_t n_parts;
+    float *x_out;
     const E *rows;     // kInRows: [B][IC]
     const E *w;        // [OC][IC]
     const float *bias; // [OC] or null
@@ -431,9 +348,21 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
                 dst[i] = to_f(a.rows[static_cast<int64_t>(b) * a.IC + i]);
             continue;
         }
+        // The fp32 row into dst (each thread its own elements), then LayerNorm in place.
         const float *xr = a.x + static_cast<int64_t>(b) * a.IC;
         float sum = 0.0f;
-        for (int i = tid; i < a.IC; i += blockDim.x) sum += xr[i];
+        for (int i = tid; i < a.IC; i += blockDim.x) {
+            float v = xr[i];
+            if (IN == kInProjSum) {
+                const float *pr = a.parts + static_cast<int64_t>(b) * a.n_parts * a.IC + i;
+                float p = 0.0f;
+                for (int32_t k = 0; k < a.n_parts; ++k) p += pr[static_cast<int64_t>(k) * a.IC];
+                v = v + (p + a.part_bias[i]);
+                if (blockIdx.x == 0) a.x_out[static_cast<int64_t>(b) * a.IC + i] = v;
+            }
+            dst[i] = v;
+            sum += v;
+        }
         sum = warp_sum(sum);
         if (lane == 0) red[warp] = sum;
         __syncthreads();
@@ -442,7 +371,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
         mu /= static_cast<float>(a.IC);
         __syncthreads();
         float sq = 0.0f;
-        for (int i = tid; i < a.IC; i += blockDim.x) sq += (xr[i] - mu) * (xr[i] - mu);
+        for (int i = tid; i < a.IC; i += blockDim.x) sq += (dst[i] - mu) * (dst[i] - mu);
         sq = warp_sum(sq);
         if (lane == 0) red[warp] = sq;
         __syncthreads();
@@ -451,7 +380,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
         var /= static_cast<float>(a.IC);
         const float rs = 1.0f / sqrtf(var + a.eps);
         for (int i = tid; i < a.IC; i += blockDim.x)
-            dst[i] = to_f(to_e<E>((xr[i] - mu) * rs * a.ln_g[i] + a.ln_b[i]));
+            dst[i] = to_f(to_e<E>((dst[i] - mu) * rs * a.ln_g[i] + a.ln_b[i]));
         __syncthreads();
     }
     __syncthreads();
@@ -728,6 +657,11 @@ private:
             std::min<int64_t>(max_splits_, std::max<int64_t>(1, wave / pairs)));
         in_.allocate(ctx_, in_words());
         x_.allocate(ctx_, B * C);
+        cluster_ = use_cluster_step();
+        if (cluster_) {
+            x2_.allocate(ctx_, B * C);
+            parts_.allocate(ctx_, B * H * C);
+        }
         h_.allocate(ctx_, B * C);
         qkv_.allocate(ctx_, B * (2 * QK + C));
         att_.allocate(ctx_, B * C);
@@ -809,7 +743,10 @@ private:
         }
         STX_LAUNCH_CHECK(c, "decode_slots_kernel");
         if (small_batch()) {
-            record_small_step();
+            if (cluster_)
+                record_cluster_step();
+            else
+                record_small_step();
             return;
         }
         residual_layernorm(nullptr, nullptr, pt.layers[0].ln1_g, pt.layers[0].ln1_b,
@@ -888,10 +825,10 @@ private:
     }
 
     // The input of a fused GEMV: the LayerNorm (weights g, b) of the residual rows x_ ...
-    GemvArgs<E> layer_norm_input(int32_t g, int32_t b, double eps) const {
+    GemvArgs<E> layer_norm_input(int32_t g, int32_t b, double eps, const float *x = nullptr) const {
         GemvArgs<E> a{};
         a.B = B_;
-        a.x = x_.data();
+        a.x = x ? x : x_.data();
         a.eps = static_cast<float>(eps);
         a.ln_g = param(g);
         a.ln_b = param(b);
@@ -931,6 +868,81 @@ private:
         gemv<kInLayerNorm, kOutRaw>(layer_norm_input(pt.lnf_g, pt.lnf_b, kFinalLayerNormEps)
                                         .times(w_out_.data(), STX_VOCAB)
                                         .into(logits_.data()));
+    }
+
+    // ... or the LayerNorm of the residual row x plus the heads' projection parts and the
+    // projection bias (the fused attention's output), the sum stored in x_out.
+    GemvArgs<E> proj_sum_input(const float *x, float *x_out, int32_t proj_b, int32_t g, int32_t b,
+                               double eps) const {
+        GemvArgs<E> a = layer_norm_input(g, b, eps, x);
+        a.parts = parts_.data();
+        a.n_parts = d_.H;
+        a.part_bias = param(proj_b);
+        a.x_out = x_out;
+        return a;
+    }
+
+    // Whether batch-1 bf16 steps take the fused attention (decode_cluster.cu): three kernels
+    // a layer instead of five. STX_CUDA_DECODE_CLUSTER=0 (or the portable kernels) keeps the
+    // five, for comparisons on one machine.
+    bool use_cluster_step() {
+        if (!std::is_same<E, __nv_bfloat16>::value || B_ != 1 || !pdl_ || !small_batch())
+            return false;
+        const char *env = getenv("STX_CUDA_DECODE_CLUSTER");
+        if ((env && std::strcmp(env, "0") == 0) || ctx_->wgmma_off) return false;
+        return cluster_attention_usable(ctx_.get(), d_.Dq, d_.Dv, d_.C, &cluster_smem_);
+    }
+
+    // The batch-1 step on sm_90: per layer the fused attention (LayerNorm 1, q, k, v, attention
+    // and the projection's parts per head), then W1 (parts summed into the residual row,
+    // LayerNorm 2, bias, GELU) and W2 (bias and residual). The residual row alternates
+    // between x_ and x2_: W1's CTAs all read the row that CTA 0 rewrites.
+    void record_cluster_step() {
+        if constexpr (std::is_same<E, __nv_bfloat16>::value) {
+            const ParamTable &pt = spec_->table;
+            const int32_t C = d_.C, F = d_.F;
+            float *rows[2] = {x_.data(), x2_.data()};
+            for (int32_t l = 0; l < d_.L; ++l) {
+                const LayerParams &lp = pt.layers[static_cast<size_t>(l)];
+                const LayerWeights &w = weights_[static_cast<size_t>(l)];
+                float *x = rows[l % 2], *x_next = rows[(l + 1) % 2];
+                ClusterAttnArgs a{};
+                a.row = in_.data();
+                a.x = x;
+                a.ln_g = param(lp.ln1_g);
+                a.ln_b = param(lp.ln1_b);
+                a.eps = static_cast<float>(kBlockLayerNormEps);
+                a.wqkv = w.qkv.data();
+                a.bq = param(lp.q_b);
+                a.bk = param(lp.k_b);
+                a.bv = param(lp.v_b);
+                a.wproj = w.proj.data();
+                a.kcache = kcache_[static_cast<size_t>(l)].data();
+                a.vcache = vcache_[static_cast<size_t>(l)].data();
+                a.heads = heads_.data() + static_cast<size_t>(l) * d_.H;
+                const SlotList &list =
+                    slot_lists_[static_cast<size_t>(list_of_layer_[static_cast<size_t>(l)])];
+                a.slots = list.list.data();
+                a.slot_stride = list.stride;
+                a.cache_slots = plans_[static_cast<size_t>(l)].slots;
+                a.parts = parts_.data();
+                a.H = d_.H;
+                a.QK = d_.QK;
+                a.C = C;
+                a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.Dq)));
+                cluster_attention(ctx_.get(), a, d_.Dq, d_.Dv, cluster_smem_);
+                gemv<kInProjSum, kOutGelu>(
+                    proj_sum_input(x, x_next, lp.proj_b, lp.ln2_g, lp.ln2_b, kBlockLayerNormEps)
+                        .times(w.w1.data(), F, param(lp.b1))
+                        .gelu_into(g_.data()));
+                gemv<kInRows, kOutResidual>(
+                    rows_input(g_.data(), F).times(w.w2.data(), C, param(lp.b2)).into(x_next));
+            }
+            gemv<kInLayerNorm, kOutRaw>(
+                layer_norm_input(pt.lnf_g, pt.lnf_b, kFinalLayerNormEps, rows[d_.L % 2])
+                    .times(w_out_.data(), STX_VOCAB)
+                    .into(logits_.data()));
+        }
     }
 
     // Runs the step for position `row` (bytes: the byte fed at row - 1, one per sequence).
@@ -1008,6 +1020,9 @@ private:
     std::vector<DeviceBuffer<E>> kcache_, vcache_;
     DeviceBuffer<int64_t> in_;
     DeviceBuffer<float> x_, qkv_, branch_, f1_, logits_, partial_;
+    DeviceBuffer<float> x2_, parts_; // the fused batch-1 step's second residual row, its parts
+    bool cluster_ = false;           // batch-1 steps take the fused attention
+    size_t cluster_smem_ = 0;
     DeviceBuffer<E> h_, att_, g_;
     DeviceBuffer<int32_t> tickets_;
     struct SlotList {

@@ -9,10 +9,13 @@
  *    through the layers: bound 3e-2 relative (the bf16 forward itself is ~1e-2 from fp32);
  *  - batch 64 (the cuBLAS path; batches up to 4 take the fused GEMV path) against the forward;
  *  - a dense head at n_ctx 640: the keys of a step split over several CTAs and merged;
+ *  - batch 1 in bf16 (on sm_90 the fused step of decode_cluster.cu) against the forward and
+ *    against the unfused step;
  *  - the decoder's device memory is at least its state bytes, and goes with it;
  *  - stx_sample on the GPU: the same seed gives the same bytes, another seed others.
  * Without a GPU the test says so and exits 77.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "harness.h"
 
 #include "model_fixtures.h"
@@ -80,59 +83,97 @@ static void test_batch64(void **state) {
     stx_model_free(m);
 }
 
-/* A dense head at n_ctx 640 reads up to 640 keys a step: several CTAs (splits of the
- * candidate keys) per (sequence, head), merged by the last to finish. */
-static void test_many_splits(void **state) {
-    (void)state;
-    enum { CTX = 640, B = 2, FIRST = 500 };
+/* A dense model of one layer at context ctx, decoded from position first on against its
+ * forward: many keys a step. Returns the decoder's logits of the last position in last. */
+static double check_dense_long(int32_t precision, int B, int ctx, int first, double bound,
+                               const char *label, double *last) {
     stx_config cfg;
     CHECK_OK(stx_config_init(&cfg));
     cfg.n_layer = 1;
     cfg.n_embd = 64;
     cfg.n_head = 2;
-    cfg.n_ctx = CTX;
+    cfg.n_ctx = ctx;
     cfg.block_size = 64;
     cfg.backend = STX_BACKEND_CUDA;
+    cfg.precision = precision;
     cfg.seed = 3;
     snprintf(cfg.pattern, sizeof cfg.pattern, "dense");
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
     stx_test_randomize(&m, 1, 17, 0.5);
-    uint8_t *seq = malloc(B * CTX), col[B];
-    double *full = malloc(sizeof *full * B * CTX * STX_VOCAB), got[B * STX_VOCAB],
-           ref[B * STX_VOCAB];
-    assert_true(seq && full);
+    uint8_t *seq = malloc((size_t)B * ctx), *prompt = malloc((size_t)B * first), col[4];
+    double *full = malloc(sizeof *full * B * ctx * STX_VOCAB), got[4 * STX_VOCAB],
+           ref[4 * STX_VOCAB];
+    assert_true(seq && prompt && full && B <= 4);
     stx_test_rng rng = {5};
-    stx_test_fill_bytes(&rng, seq, B * CTX);
-    CHECK_OK(stx_evaluate(m, seq, B, CTX, NULL));
-    CHECK_OK(stx_logits_read(m, STX_DTYPE_F64, full, (size_t)B * CTX * STX_VOCAB));
+    stx_test_fill_bytes(&rng, seq, (size_t)B * ctx);
+    CHECK_OK(stx_evaluate(m, seq, B, ctx, NULL));
+    CHECK_OK(stx_logits_read(m, STX_DTYPE_F64, full, (size_t)B * ctx * STX_VOCAB));
     stx_decoder *d = NULL;
     CHECK_OK(stx_decoder_create(m, B, &d));
-    uint8_t prompt[B * FIRST];
-    for (int b = 0; b < B; ++b) memcpy(prompt + b * FIRST, seq + b * CTX, FIRST);
-    CHECK_OK(stx_decoder_prefill(d, prompt, FIRST));
+    for (int b = 0; b < B; ++b) memcpy(prompt + b * first, seq + b * ctx, (size_t)first);
+    CHECK_OK(stx_decoder_prefill(d, prompt, first));
     double worst = 0.0;
-    for (int p = FIRST; p < CTX; ++p) {
+    for (int p = first; p < ctx; ++p) {
         for (int b = 0; b < B; ++b)
-            memcpy(ref + b * STX_VOCAB, full + ((size_t)b * CTX + p) * STX_VOCAB,
+            memcpy(ref + b * STX_VOCAB, full + ((size_t)b * ctx + p) * STX_VOCAB,
                    sizeof(double) * STX_VOCAB);
         for (int i = 0; i < B * STX_VOCAB; ++i) got[i] = (double)NAN;
         CHECK_OK(stx_decoder_logits(d, STX_DTYPE_F64, got, B * STX_VOCAB));
         const double e = stx_test_rel_error(got, ref, B * STX_VOCAB, NULL);
-        if (!(e <= 1e-5)) fail_msg("dense n_ctx 640, position %d: %.3e > 1e-5", p, e);
+        if (!(e <= bound)) fail_msg("%s, position %d: %.3e > %.0e", label, p, e, bound);
         if (e > worst) worst = e;
-        if (p + 1 < CTX) {
-            for (int b = 0; b < B; ++b) col[b] = seq[b * CTX + p];
+        if (p + 1 < ctx) {
+            for (int b = 0; b < B; ++b) col[b] = seq[b * ctx + p];
             CHECK_OK(stx_decoder_step(d, col));
         }
     }
-    printf("  dense n_ctx 640, positions 500 .. 639 (up to 640 keys, several splits): worst "
-           "%.2e (bound 1e-5)\n",
-           worst);
+    if (last) memcpy(last, got, sizeof(double) * B * STX_VOCAB);
+    printf("  %s, positions %d .. %d: worst %.2e (bound %.0e)\n", label, first, ctx - 1, worst,
+           bound);
     stx_decoder_free(d);
     stx_model_free(m);
     free(seq);
+    free(prompt);
     free(full);
+    return worst;
+}
+
+/* A dense head at n_ctx 640 reads up to 640 keys a step: several CTAs (splits of the
+ * candidate keys) per (sequence, head), merged by the last to finish. */
+static void test_many_splits(void **state) {
+    (void)state;
+    check_dense_long(STX_PRECISION_FP32, 2, 640, 500, 1e-5, "dense n_ctx 640, several splits",
+                     NULL);
+}
+
+/* Batch 1 in bf16: on sm_90 the fused step (decode_cluster.cu: a cluster of CTAs per head,
+ * LayerNorm 1 to the projection in one kernel), elsewhere the unfused one; every case against
+ * the forward, then a dense head reading up to 2,304 keys (three tiles of keys for each CTA of
+ * a cluster: the prefetch ring turns over) against the forward and against the unfused step
+ * (STX_CUDA_DECODE_CLUSTER=0), which sums the projection in another order: the two agree to
+ * the bf16 bound and, on sm_90, differ in some bits, which shows the fused step ran. */
+static void test_bf16_batch1(void **state) {
+    (void)state;
+    const int32_t prefills[] = {0, 13};
+    const double worst = stx_test_decode_every_case(
+        STX_BACKEND_CUDA, STX_PRECISION_BF16, "cuda bf16 batch 1", 71, 1, prefills, 2, 700, 3e-2);
+    printf("  %zu patterns in bf16, batch 1: worst %.2e (bound 3e-2)\n",
+           sizeof kStxDecodeCases / sizeof kStxDecodeCases[0], worst);
+    double fused[STX_VOCAB], unfused[STX_VOCAB];
+    check_dense_long(STX_PRECISION_BF16, 1, 2304, 2200, 3e-2, "bf16 batch 1 dense n_ctx 2304",
+                     fused);
+    setenv("STX_CUDA_DECODE_CLUSTER", "0", 1);
+    check_dense_long(STX_PRECISION_BF16, 1, 2304, 2200, 3e-2,
+                     "bf16 batch 1 dense n_ctx 2304, unfused", unfused);
+    unsetenv("STX_CUDA_DECODE_CLUSTER");
+    int differ = 0;
+    for (int i = 0; i < STX_VOCAB; ++i) differ += fused[i] != unfused[i];
+    const double e = stx_test_rel_error(fused, unfused, STX_VOCAB, NULL);
+    if (!(e <= 3e-2)) fail_msg("fused vs unfused batch-1 step: %.3e > 3e-2", e);
+    printf("  fused vs unfused step at position 2303: %.2e relative, %d of %d logits differ "
+           "(0: the fused step did not run, as on GPUs before sm_90)\n",
+           e, differ, STX_VOCAB);
 }
 
 static void test_memory(void **state) {
@@ -186,9 +227,13 @@ int main(void) {
         return STX_TEST_SKIP;
     }
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_fp32_matches_forward), cmocka_unit_test(test_fp32_matches_cpu),
-        cmocka_unit_test(test_bf16_matches_forward), cmocka_unit_test(test_batch64),
-        cmocka_unit_test(test_many_splits),          cmocka_unit_test(test_memory),
+        cmocka_unit_test(test_fp32_matches_forward),
+        cmocka_unit_test(test_fp32_matches_cpu),
+        cmocka_unit_test(test_bf16_matches_forward),
+        cmocka_unit_test(test_batch64),
+        cmocka_unit_test(test_many_splits),
+        cmocka_unit_test(test_bf16_batch1),
+        cmocka_unit_test(test_memory),
         cmocka_unit_test(test_sample_seeds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
