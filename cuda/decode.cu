@@ -328,8 +328,10 @@ template <typename E> struct GemvArgs {
 template <typename E, int IN, int OUT>
 __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
     constexpr int kVec = 16 / sizeof(E);
-    constexpr int kEarly = 8;      // weight chunks a lane loads before waiting
-    extern __shared__ float xin[]; // [B][IC], the input rows as the GEMM sees them
+    constexpr int kEarly = 8; // weight chunks a lane loads before waiting
+    // [B][IC]: the input rows as the GEMM sees them; then, with a LayerNorm, its g, b and
+    // (kInProjSum) the projection bias, [IC] each.
+    extern __shared__ float xin[];
     __shared__ float red[kGemvWarps];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int o = blockIdx.x * kGemvWarps + warp;
@@ -339,8 +341,26 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
 #pragma unroll
     for (int j = 0; j < kEarly; ++j)
         if (o < a.OC && lane + 32 * j < chunks) early[j] = __ldg(wrow + lane + 32 * j);
+    // Parameters too are loaded before the wait: after it, one round trip to memory (the
+    // input rows) comes before the products. A thread reads back only the elements it wrote.
+    float *ln_g = xin + static_cast<int64_t>(a.B) * a.IC, *ln_b = ln_g + a.IC,
+          *part_bias = ln_b + a.IC;
+    if (IN != kInRows) {
+        for (int i = tid; i < a.IC; i += blockDim.x) {
+            ln_g[i] = __ldg(a.ln_g + i);
+            ln_b[i] = __ldg(a.ln_b + i);
+            if (IN == kInProjSum) part_bias[i] = __ldg(a.part_bias + i);
+        }
+    }
+    const float bias = a.bias && o < a.OC ? __ldg(a.bias + o) : 0.0f;
     pdl_launch_dependents();
     pdl_wait();
+    float resid[kGemvRows]; // kOutResidual: the residual rows' elements, loaded now
+#pragma unroll
+    for (int b = 0; b < kGemvRows; ++b)
+        resid[b] = OUT == kOutResidual && lane == 0 && o < a.OC && b < a.B
+                       ? a.out[static_cast<int64_t>(b) * a.OC + o]
+                       : 0.0f;
     for (int b = 0; b < a.B; ++b) {
         float *dst = xin + static_cast<int64_t>(b) * a.IC;
         if (IN == kInRows) {
@@ -357,7 +377,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
                 const float *pr = a.parts + static_cast<int64_t>(b) * a.n_parts * a.IC + i;
                 float p = 0.0f;
                 for (int32_t k = 0; k < a.n_parts; ++k) p += pr[static_cast<int64_t>(k) * a.IC];
-                v = v + (p + a.part_bias[i]);
+                v = v + (p + part_bias[i]);
                 if (blockIdx.x == 0) a.x_out[static_cast<int64_t>(b) * a.IC + i] = v;
             }
             dst[i] = v;
@@ -380,7 +400,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
         var /= static_cast<float>(a.IC);
         const float rs = 1.0f / sqrtf(var + a.eps);
         for (int i = tid; i < a.IC; i += blockDim.x)
-            dst[i] = to_f(to_e<E>((dst[i] - mu) * rs * a.ln_g[i] + a.ln_b[i]));
+            dst[i] = to_f(to_e<E>((dst[i] - mu) * rs * ln_g[i] + ln_b[i]));
         __syncthreads();
     }
     __syncthreads();
@@ -407,11 +427,10 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
 #pragma unroll
     for (int b = 0; b < kGemvRows; ++b) acc[b] = warp_sum(acc[b]);
     if (lane != 0) return;
-    const float bias = a.bias ? a.bias[o] : 0.0f;
     for (int b = 0; b < a.B; ++b) {
         const int64_t at = static_cast<int64_t>(b) * a.OC + o;
         if (OUT == kOutRaw) a.out[at] = acc[b] + bias;
-        if (OUT == kOutResidual) a.out[at] = a.out[at] + (acc[b] + bias);
+        if (OUT == kOutResidual) a.out[at] = resid[b] + (acc[b] + bias);
         if (OUT == kOutGelu) {
             const float v = acc[b] + bias;
             a.out_e[at] = to_e<E>(v * (1.0f / (1.0f + expf(-1.702f * v))));
@@ -487,6 +506,7 @@ public:
         std::memset(host_in_, 0, in_words() * sizeof(int64_t));
         snapshot_weights();
         upload_plans();
+        if ((st = choose_cluster_step()) != STX_OK) return st;
         allocate_state();
         if (!c->ok()) return c->err;
         return reset();
@@ -657,7 +677,6 @@ private:
             std::min<int64_t>(max_splits_, std::max<int64_t>(1, wave / pairs)));
         in_.allocate(ctx_, in_words());
         x_.allocate(ctx_, B * C);
-        cluster_ = use_cluster_step();
         if (cluster_) {
             x2_.allocate(ctx_, B * C);
             parts_.allocate(ctx_, B * H * C);
@@ -811,16 +830,18 @@ private:
 
     template <int IN, int OUT> void gemv(const GemvArgs<E> &a) {
         const unsigned grid = static_cast<unsigned>((a.OC + kGemvWarps - 1) / kGemvWarps);
-        const size_t smem = sizeof(float) * static_cast<size_t>(a.B) * a.IC;
+        const size_t smem = sizeof(float) * (static_cast<size_t>(a.B) + (IN == kInRows ? 0 : 3)) *
+                            static_cast<size_t>(a.IC);
         launch_kernel(gemv_kernel<E, IN, OUT>, dim3(grid), dim3(kGemvWarps * 32), smem, true, a);
     }
 
-    // Whether the step takes the fused small-batch path: few rows, inputs that fit in
-    // shared memory and whole 16-byte chunks per weight row.
+    // Whether the step takes the fused small-batch path: few rows, inputs (and a LayerNorm's
+    // parameters) that fit in shared memory and whole 16-byte chunks per weight row.
     bool small_batch() const {
         const int32_t widest = std::max(d_.C, d_.F);
         const int32_t vec = 16 / static_cast<int32_t>(sizeof(E));
-        return B_ <= kGemvRows && sizeof(float) * B_ * widest <= 48 * 1024 && d_.C % vec == 0 &&
+        const int64_t most = std::max<int64_t>(int64_t(B_) * widest, int64_t(B_ + 3) * d_.C);
+        return B_ <= kGemvRows && sizeof(float) * most <= 48 * 1024 && d_.C % vec == 0 &&
                d_.F % vec == 0;
     }
 
@@ -884,13 +905,22 @@ private:
 
     // Whether batch-1 bf16 steps take the fused attention (decode_cluster.cu): three kernels
     // a layer instead of five. STX_CUDA_DECODE_CLUSTER=0 (or the portable kernels) keeps the
-    // five, for comparisons on one machine.
-    bool use_cluster_step() {
-        if (!std::is_same<E, __nv_bfloat16>::value || B_ != 1 || !pdl_ || !small_batch())
-            return false;
+    // five, for comparisons on one machine; =1 makes a batch-1 bf16 decoder that cannot take
+    // it an error (tests and benchmarks that must measure it).
+    stx_status choose_cluster_step() {
+        if (!std::is_same<E, __nv_bfloat16>::value || B_ != 1) return STX_OK;
         const char *env = getenv("STX_CUDA_DECODE_CLUSTER");
-        if ((env && std::strcmp(env, "0") == 0) || ctx_->wgmma_off) return false;
-        return cluster_attention_usable(ctx_.get(), d_.Dq, d_.Dv, d_.C, &cluster_smem_);
+        if ((env && std::strcmp(env, "0") == 0) || ctx_->wgmma_off) return STX_OK;
+        cluster_ = pdl_ && small_batch() &&
+                   cluster_attention_usable(ctx_.get(), d_.Dq, d_.Dv, d_.C, &cluster_stages_,
+                                            &cluster_smem_);
+        if (!cluster_ && env && std::strcmp(env, "1") == 0)
+            return fail(STX_ERR_UNSUPPORTED,
+                        "STX_CUDA_DECODE_CLUSTER=1: the fused batch-1 step needs an sm_90 device "
+                        "and build, head dims (32|64|128, 32|64|128), a width that is a multiple "
+                        "of 8 and fits shared memory (here Dq %d, Dv %d, width %d)",
+                        d_.Dq, d_.Dv, d_.C);
+        return STX_OK;
     }
 
     // The batch-1 step on sm_90: per layer the fused attention (LayerNorm 1, q, k, v, attention
@@ -929,6 +959,7 @@ private:
                 a.H = d_.H;
                 a.QK = d_.QK;
                 a.C = C;
+                a.stages = cluster_stages_;
                 a.scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d_.Dq)));
                 cluster_attention(ctx_.get(), a, d_.Dq, d_.Dv, cluster_smem_);
                 gemv<kInProjSum, kOutGelu>(
@@ -1023,6 +1054,7 @@ private:
     DeviceBuffer<float> x2_, parts_; // the fused batch-1 step's second residual row, its parts
     bool cluster_ = false;           // batch-1 steps take the fused attention
     size_t cluster_smem_ = 0;
+    int32_t cluster_stages_ = 1;
     DeviceBuffer<E> h_, att_, g_;
     DeviceBuffer<int32_t> tickets_;
     struct SlotList {

@@ -38,15 +38,23 @@ namespace {
 // 1 in device passes with clusters; what the loaded image says decides the host's choice.
 __device__ int g_clusters_built = STX_CLUSTERS;
 
-const int kStages = 2; // key/value tiles in flight
+const int kMaxStages = 4; // key/value tiles in flight at most: 512 keys a CTA before the wait
 
-// The dynamic shared memory: the LayerNorm row (fp32, C), the CTA's q/k/v weight rows (R x C),
-// its projection rows of the head (C / kClusterCtas x Dv), kStages tiles of keys and values.
-size_t cluster_smem_bytes(int32_t Dq, int32_t Dv, int32_t C) {
+// A projection row of the head in shared memory: Dv + 8 elements, so the 8 threads of a
+// 16-byte load phase, on 8 consecutive rows, meet 8 different bank groups.
+int32_t proj_stride(int32_t Dv) {
+    return Dv + 8;
+}
+
+// The dynamic shared memory: the LayerNorm row, g and b (fp32, C each), the CTA's q/k/v weight
+// rows (R x C), its projection rows of the head (C / kClusterCtas x proj_stride), `stages`
+// tiles of keys and values.
+size_t cluster_smem_bytes(int32_t Dq, int32_t Dv, int32_t C, int32_t stages) {
     const size_t R = static_cast<size_t>(2 * Dq + Dv) / kClusterCtas;
     const size_t PR = static_cast<size_t>(C) / kClusterCtas;
-    return sizeof(float) * C +
-           sizeof(__nv_bfloat16) * (R * C + PR * Dv + kStages * kAttnThreads * (Dq + Dv));
+    return sizeof(float) * 3 * C +
+           sizeof(__nv_bfloat16) * (R * C + PR * proj_stride(Dv) +
+                                    static_cast<size_t>(stages) * kAttnThreads * (Dq + Dv));
 }
 
 template <int DQ, int DV>
@@ -57,21 +65,24 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     using S = TileShape<E, DQ, DV>;
     constexpr int R = (2 * DQ + DV) / kClusterCtas; // the head's q, k, v rows a CTA computes
     constexpr int kWarps = kAttnThreads / 32;
+    constexpr int PS = DV + 8; // proj_stride
     extern __shared__ __align__(16) unsigned char dyn[];
-    const int32_t C = a.C, PR = C / kClusterCtas, row_chunks = C / 8;
+    const int32_t C = a.C, PR = C / kClusterCtas, row_chunks = C / 8, stages = a.stages;
     float *hrow = reinterpret_cast<float *>(dyn);
-    E *wqkv = reinterpret_cast<E *>(hrow + C);
+    float *lng = hrow + C, *lnb = lng + C;
+    E *wqkv = reinterpret_cast<E *>(lnb + C);
     E *wproj = wqkv + R * C;
-    E *ktile = wproj + PR * DV; // [kStages][kAttnThreads][DQ]
-    E *vtile = ktile + kStages * kAttnThreads * DQ;
+    E *ktile = wproj + PR * PS; // [stages][kAttnThreads][DQ]
+    E *vtile = ktile + stages * kAttnThreads * DQ;
     __shared__ float qkv[2 * DQ + DV]; // written by every CTA of the cluster
+    __shared__ float bias[R];
     __shared__ __align__(16) E knew[DQ];
     __shared__ __align__(16) E vnew[DV];
-    __shared__ int32_t slot_of[kStages][kAttnThreads];
+    __shared__ int32_t slot_of[kMaxStages][kAttnThreads];
     __shared__ float score[kAttnThreads];
     __shared__ float red[kWarps];
     __shared__ float acc_part[S::kLanes][DV];
-    __shared__ float part[DV + 2]; // m, l, values: read by every CTA of the cluster
+    __shared__ float parts[kClusterCtas][DV + 2]; // every CTA's m, l, values: sent by each
     __shared__ float att[DV];
     __shared__ DecodeHead hd;
 
@@ -81,6 +92,9 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     const int32_t h = static_cast<int32_t>(blockIdx.x) / kClusterCtas;
     if (tid == 0) hd = a.heads[h]; // the plan: no kernel writes it
     pdl_launch_dependents();
+    // Distributed shared memory may be written only once every CTA of the cluster runs: each
+    // says so now and waits for the others just before its first remote store.
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 
     // Before the wait: the weights, the slot list and the first key/value tiles. The list and
     // the row number were written before the chain's first kernel started, the cache by earlier
@@ -96,11 +110,21 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     for (int i = tid; i < PR * (DV / 8); i += kAttnThreads) {
         const int r = i / (DV / 8), c = i % (DV / 8);
         const int64_t o = static_cast<int64_t>(rank) * PR + r;
-        cp_async16(smem_addr(wproj + r * DV + c * 8),
+        cp_async16(smem_addr(wproj + r * PS + c * 8),
                    a.wproj + o * C + static_cast<int64_t>(h) * DV + c * 8, true);
     }
     cp_async_commit();
-    __syncthreads(); // hd
+    for (int i = tid; i < C; i += kAttnThreads) {
+        lng[i] = __ldg(a.ln_g + i);
+        lnb[i] = __ldg(a.ln_b + i);
+    }
+    for (int r = tid; r < R; r += kAttnThreads) {
+        const int hr = rank * R + r;
+        bias[r] = hr < DQ       ? __ldg(a.bq + h * DQ + hr)
+                  : hr < 2 * DQ ? __ldg(a.bk + h * DQ + hr - DQ)
+                                : __ldg(a.bv + h * DV + hr - 2 * DQ);
+    }
+    __syncthreads(); // hd, the parameters
     const int64_t pos = __ldcg(a.row);
     int64_t total = 0;
     for (int p = 0; p < hd.n_comps; ++p) total += decode_candidate_count(hd.comps[p], pos);
@@ -111,10 +135,10 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     const int32_t *list = a.slots + static_cast<int64_t>(h) * a.slot_stride;
     E *kbase = a.kcache + static_cast<int64_t>(h) * a.cache_slots * DQ;
     E *vbase = a.vcache + static_cast<int64_t>(h) * a.cache_slots * DV;
-    // Tile t into stage t % kStages: thread e copies key e's rows; a key not read (or the
+    // Tile t into stage t % stages: thread e copies key e's rows; a key not read (or the
     // current one, taken from the projection) is zero-filled and reads nothing.
     auto issue = [&](int t) {
-        const int st = t % kStages;
+        const int st = t % stages;
         const int64_t key = kb + static_cast<int64_t>(t) * kAttnThreads + tid;
         const int32_t sl = key < ke ? __ldcg(list + key) : -2;
         slot_of[st][tid] = sl;
@@ -128,7 +152,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
         for (int c = 0; c < DV / 8; ++c)
             cp_async16(smem_addr(vd + c * 8), vbase + src * DV + c * 8, sl >= 0);
     };
-    for (int t = 0; t < kStages; ++t) {
+    for (int t = 0; t < stages; ++t) {
         if (t < n_tiles) issue(t);
         cp_async_commit();
     }
@@ -147,10 +171,11 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     const float var = block_sum(sq, red) / static_cast<float>(C);
     const float rs = 1.0f / sqrtf(var + a.eps);
     for (int i = tid; i < C; i += kAttnThreads)
-        hrow[i] = to_f(to_e<E>((hrow[i] - mu) * rs * a.ln_g[i] + a.ln_b[i]));
+        hrow[i] = to_f(to_e<E>((hrow[i] - mu) * rs * lng[i] + lnb[i]));
     cp_async_wait_all();
     __syncthreads();
 
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
     // This CTA's rows of q, k, v, bias added and rounded, into every CTA's qkv[].
     for (int r = warp; r < R; r += kWarps) {
         float acc = 0.0f;
@@ -162,12 +187,8 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
             for (int e = 0; e < 8; ++e) acc += to_f(vals[e]) * hrow[c * 8 + e];
         }
         acc = warp_sum(acc);
-        const int hr = rank * R + r;
-        const float bias = hr < DQ       ? a.bq[h * DQ + hr]
-                           : hr < 2 * DQ ? a.bk[h * DQ + hr - DQ]
-                                         : a.bv[h * DV + hr - 2 * DQ];
-        const float v = to_f(to_e<E>(acc + bias));
-        if (lane < kClusterCtas) cluster.map_shared_rank(qkv, lane)[hr] = v;
+        const float v = to_f(to_e<E>(acc + bias[r]));
+        if (lane < kClusterCtas) cluster.map_shared_rank(qkv, lane)[rank * R + r] = v;
     }
     cluster.sync();
     for (int d = tid; d < DQ; d += kAttnThreads) knew[d] = to_e<E>(qkv[DQ + d]);
@@ -193,54 +214,59 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     for (int t = 0; t < n_tiles; ++t) {
         cp_async_wait_all();
         __syncthreads();
-        const int st = t % kStages;
+        const int st = t % stages;
         const E *ks = ktile + st * kAttnThreads * DQ, *vs = vtile + st * kAttnThreads * DV;
         attend_tile<E, DQ, DV>(
             qreg, slot_of[st], score, red, a.scale,
             [&](int e, int32_t sl) { return sl == -1 ? knew : ks + e * DQ; },
             [&](int e, int32_t sl) { return sl == -1 ? vnew : vs + e * DV; }, m, l, acc);
-        if (t + kStages < n_tiles) issue(t + kStages); // stage st is read by now
+        if (t + stages < n_tiles) issue(t + stages); // stage st is read by now
         cp_async_commit();
     }
     const int vchunk = tid % S::kChunks, vlane = tid / S::kChunks;
 #pragma unroll
     for (int j = 0; j < S::kVec; ++j) acc_part[vlane][vchunk * S::kVec + j] = acc[j];
     __syncthreads();
-    for (int d = tid; d < DV; d += kAttnThreads) {
-        float s = 0.0f;
-        for (int g = 0; g < S::kLanes; ++g) s += acc_part[g][d];
-        part[2 + d] = s;
-    }
-    if (tid == 0) {
-        part[0] = m;
-        part[1] = l;
+    // This CTA's (m, l, values) into every CTA's parts[rank]: stores, which do not wait.
+    for (int i = tid; i < kClusterCtas * (DV + 2); i += kAttnThreads) {
+        const int c = i / (DV + 2), d = i % (DV + 2);
+        float v = m;
+        if (d == 1) v = l;
+        if (d >= 2) {
+            v = 0.0f;
+            for (int g = 0; g < S::kLanes; ++g) v += acc_part[g][d - 2];
+        }
+        cluster.map_shared_rank(&parts[0][0], c)[rank * (DV + 2) + d] = v;
     }
     cluster.sync();
 
     // The head's output from the CTAs' parts (in rank order: the same in every CTA).
     float top = -INFINITY;
-    for (int c = 0; c < kClusterCtas; ++c) top = fmaxf(top, cluster.map_shared_rank(part, c)[0]);
+    for (int c = 0; c < kClusterCtas; ++c) top = fmaxf(top, parts[c][0]);
     for (int d = tid; d < DV; d += kAttnThreads) {
         float num = 0.0f, den = 0.0f;
         for (int c = 0; c < kClusterCtas; ++c) {
-            const float *pc = cluster.map_shared_rank(part, c);
-            const float mc = pc[0];
-            if (mc == -INFINITY) continue;
-            const float w = expf(mc - top);
-            num += w * pc[2 + d];
-            den += w * pc[1];
+            if (parts[c][0] == -INFINITY) continue;
+            const float w = expf(parts[c][0] - top);
+            num += w * parts[c][2 + d];
+            den += w * parts[c][1];
         }
         att[d] = to_f(to_e<E>(num / den));
     }
     __syncthreads();
-    // This CTA's projection rows on the head's output.
-    for (int r = warp; r < PR; r += kWarps) {
+    // This CTA's projection rows on the head's output, a thread a row.
+    for (int r = tid; r < PR; r += kAttnThreads) {
         float s = 0.0f;
-        for (int d = lane; d < DV; d += 32) s += to_f(wproj[r * DV + d]) * att[d];
-        s = warp_sum(s);
-        if (lane == 0) a.parts[static_cast<int64_t>(h) * C + rank * PR + r] = s;
+#pragma unroll
+        for (int c = 0; c < DV / 8; ++c) {
+            const uint4 raw = *reinterpret_cast<const uint4 *>(wproj + r * PS + c * 8);
+            E vals[8];
+            memcpy(vals, &raw, sizeof raw);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s += to_f(vals[e]) * att[c * 8 + e];
+        }
+        a.parts[static_cast<int64_t>(h) * C + rank * PR + r] = s;
     }
-    cluster.sync(); // no CTA leaves while another may still read its part[]
 #else
     (void)a;
     __trap(); // cluster_attention_usable() keeps the host from launching this without sm_90
@@ -280,10 +306,10 @@ cudaLaunchConfig_t launch_config(Context *ctx, int32_t H, size_t smem, cudaLaunc
 
 } // namespace
 
-bool cluster_attention_usable(Context *ctx, int32_t Dq, int32_t Dv, int32_t C, size_t *smem) {
+bool cluster_attention_usable(Context *ctx, int32_t Dq, int32_t Dv, int32_t C, int32_t *stages,
+                              size_t *smem) {
     const Kernel kernel = kernel_for(Dq, Dv);
     if (!kernel || C % 8 != 0 || C % kClusterCtas != 0) return false;
-    *smem = cluster_smem_bytes(Dq, Dv, C);
     int major = 0, optin = 0, built = 0, clusters = 0;
     bool ok =
         cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, ctx->device) ==
@@ -293,8 +319,14 @@ bool cluster_attention_usable(Context *ctx, int32_t Dq, int32_t Dv, int32_t C, s
         cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, ctx->device) ==
             cudaSuccess;
     cudaFuncAttributes attr{};
-    ok = ok && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess &&
-         *smem + attr.sharedSizeBytes <= static_cast<size_t>(optin) &&
+    ok = ok && cudaFuncGetAttributes(&attr, kernel) == cudaSuccess;
+    // As many tiles in flight as fit, down to 1.
+    for (*stages = kMaxStages; ok && *stages > 1; --*stages)
+        if (cluster_smem_bytes(Dq, Dv, C, *stages) + attr.sharedSizeBytes <=
+            static_cast<size_t>(optin))
+            break;
+    *smem = cluster_smem_bytes(Dq, Dv, C, *stages);
+    ok = ok && *smem + attr.sharedSizeBytes <= static_cast<size_t>(optin) &&
          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                               static_cast<int>(*smem)) == cudaSuccess;
     if (ok) {

@@ -159,12 +159,15 @@ struct ClusterAttnArgs {
     int64_t cache_slots;
     float *parts; // [H][C]
     int32_t H, QK, C;
+    int32_t stages; // key/value tiles in flight (cluster_attention_usable's choice)
     float scale;
 };
 
 // Whether the fused path can run this shape on this device (sm_90 code in the build, head
-// dims it is compiled for, shared memory); sets *smem to its dynamic shared memory.
-bool cluster_attention_usable(Context *ctx, int32_t Dq, int32_t Dv, int32_t C, size_t *smem);
+// dims it is compiled for, shared memory); sets *stages (ClusterAttnArgs::stages) and *smem
+// (its dynamic shared memory).
+bool cluster_attention_usable(Context *ctx, int32_t Dq, int32_t Dv, int32_t C, int32_t *stages,
+                              size_t *smem);
 // Launches it (with programmatic dependent launch) on the context's stream.
 void cluster_attention(Context *ctx, const ClusterAttnArgs &a, int32_t Dq, int32_t Dv, size_t smem);
 
