@@ -99,6 +99,11 @@ void launch_to_bf16(cudaStream_t stream, __nv_bfloat16 *dst, const float *src, i
 
 // Deterministic column sums: out[c] += sum_n x[n, c] (N rows of C), in a fixed order.
 void column_sum_add(Context *ctx, float *out, const float *x, int64_t N, int32_t C);
+// The same sums (of the fp32 x, in a fixed order) made in the pass that writes dst = bf16(x)
+// (rounded as launch_to_bf16): one read of x where a bf16 copy and the column sums of it are
+// both needed (the bias gradient of a bf16 linear backward).
+void to_bf16_column_sum_add(Context *ctx, __nv_bfloat16 *dst, float *out, const float *x, int64_t N,
+                            int32_t C);
 
 } // namespace cuda
 } // namespace stx

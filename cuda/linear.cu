@@ -2,7 +2,8 @@
 // is the column-major product W^T-view times x, so no transposes are materialized.
 // fp32 mode: cublasSgemm under CUBLAS_PEDANTIC_MATH (no TF32). bf16 mode: both operands are
 // rounded to bf16 copies and multiplied with fp32 accumulation and fp32 output
-// (cublasGemmEx, CUBLAS_COMPUTE_32F).
+// (cublasGemmEx, CUBLAS_COMPUTE_32F). The bf16 backward's bias gradient is summed in the pass
+// that converts dout to bf16.
 #include <algorithm>
 #include <utility>
 
@@ -119,6 +120,16 @@ const __nv_bfloat16 *weight_copy(const std::shared_ptr<Context> &ctx, const floa
     return copy.data.data();
 }
 
+// dout's bf16 copy at dst; with a bias gradient the same read of dout also adds its column
+// sums (of the fp32 values, in a fixed order) into dbias.
+void cast_dout(const std::shared_ptr<Context> &ctx, __nv_bfloat16 *dst, float *dbias,
+               const float *dout, int64_t N, int32_t OC) {
+    if (dbias)
+        to_bf16_column_sum_add(ctx.get(), dst, dbias, dout, N, OC);
+    else
+        to_bf16(ctx, dst, dout, N * OC);
+}
+
 // Whether [a, a + na) and [b, b + nb) share an element.
 bool overlap(const float *a, int64_t na, const float *b, int64_t nb) {
     const uintptr_t pa = reinterpret_cast<uintptr_t>(a), pb = reinterpret_cast<uintptr_t>(b);
@@ -167,6 +178,7 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
                   1.0f, dinp, IC);
         gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), inp, IC, dout, OC,
                   1.0f, dw, IC);
+        if (dbias) column_sum_add(ctx_.get(), dbias, dout, N, OC);
     } else {
         const __nv_bfloat16 *w16 = weight_copy(ctx_, w, w_elems);
         // Both products read dout as B: one bf16 copy serves both where it can sit at B's
@@ -177,12 +189,12 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
         const int64_t d_at = share ? std::max(b1, b2) : 0;
         __nv_bfloat16 *s = cast_base(ctx_, std::max(b1, b2) + d_elems);
         if (!s) return;
-        if (share) to_bf16(ctx_, s + d_at, dout, d_elems);
+        if (share) cast_dout(ctx_, s + d_at, dbias, dout, N, OC);
         if (!w16) {
             to_bf16(ctx_, s, w, w_elems);
             w16 = s;
         }
-        if (!share) to_bf16(ctx_, s + b1, dout, d_elems);
+        if (!share) cast_dout(ctx_, s + b1, dbias, dout, N, OC);
         gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w16, IC,
                   s + (share ? d_at : b1), OC, 1.0f, dinp, IC);
         to_bf16(ctx_, s, inp, x_elems);
@@ -190,7 +202,6 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
         gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), s, IC,
                   s + (share ? d_at : b2), OC, 1.0f, dw, IC);
     }
-    if (dbias) column_sum_add(ctx_.get(), dbias, dout, N, OC);
 }
 
 } // namespace cuda
