@@ -3,10 +3,12 @@
 // and cuBLAS failures into a recorded status with the failing statement, file and line
 // (never an abort), and launch helpers.
 #pragma once
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -20,6 +22,26 @@ namespace cuda {
 
 struct DeviceLayout; // attention.cu: a Layout's CSR lists and predicates on the device
 
+// A cuBLASLt product set up once per shape and operand alignment (linear.cu): its
+// descriptors and the algorithm the heuristic chose for them. usable is false where the
+// heuristic found none (or the call was refused): the caller then takes the cuBLAS path.
+struct LtPlan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
+    cublasLtMatmulAlgo_t algo = {};
+    size_t workspace = 0; // bytes the algorithm needs
+    bool usable = false;
+    LtPlan() = default;
+    LtPlan(const LtPlan &) = delete;
+    LtPlan &operator=(const LtPlan &) = delete;
+    ~LtPlan() {
+        if (d) cublasLtMatrixLayoutDestroy(d);
+        if (b) cublasLtMatrixLayoutDestroy(b);
+        if (a) cublasLtMatrixLayoutDestroy(a);
+        if (op) cublasLtMatmulDescDestroy(op);
+    }
+};
+
 struct Context {
     int32_t device = 0;
     bool bf16 = false;
@@ -27,6 +49,14 @@ struct Context {
     int8_t wgmma_built = -1; // wgmma_usable's answer for the device: -1 not asked yet
     cudaStream_t stream = nullptr;
     cublasHandle_t cublas = nullptr;
+    // cuBLASLt for the products with a bias epilogue; its workspace is allocated once (at the
+    // first such product, where a memory limit leaves room; none otherwise) and its plans are
+    // kept, so a product allocates nothing.
+    cublasLtHandle_t cublaslt = nullptr;
+    DeviceBuffer<uint8_t> lt_workspace;
+    bool lt_workspace_tried = false;
+    std::map<std::array<int64_t, 9>, LtPlan> lt_plans; // by linear.cu's plan key
+    int64_t bias_epilogue_products = 0;                // CudaOps::bias_epilogue_products
     stx_status err = STX_OK;
     int64_t in_use = 0, peak = 0, limit = 0;                   // limit 0: none
     std::map<uint64_t, std::shared_ptr<DeviceLayout>> layouts; // by Layout::id
@@ -99,6 +129,11 @@ void launch_to_bf16(cudaStream_t stream, __nv_bfloat16 *dst, const float *src, i
 
 // Deterministic column sums: out[c] += sum_n x[n, c] (N rows of C), in a fixed order.
 void column_sum_add(Context *ctx, float *out, const float *x, int64_t N, int32_t C);
+// The same sums (of the fp32 x, in a fixed order) made in the pass that writes dst = bf16(x)
+// (rounded as launch_to_bf16): one read of x where a bf16 copy and the column sums of it are
+// both needed (the bias gradient of a bf16 linear backward).
+void to_bf16_column_sum_add(Context *ctx, __nv_bfloat16 *dst, float *out, const float *x, int64_t N,
+                            int32_t C);
 
 } // namespace cuda
 } // namespace stx

@@ -156,6 +156,10 @@ public:
     // allow) in this context.
     bool hopper_kernels() const;
 
+    // How many linear_forward products have added their bias in cuBLASLt's epilogue (the
+    // rest wrote it first and added the product to it): tests see which path ran.
+    int64_t bias_epilogue_products() const;
+
     const std::shared_ptr<Context> &context() const { return ctx_; }
 
 private:

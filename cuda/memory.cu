@@ -17,6 +17,9 @@ Context::~Context() {
     reduce_scratch.release();
     index_scratch.release();
     weight_copies.clear();
+    lt_plans.clear();
+    lt_workspace.release();
+    if (cublaslt) cublasLtDestroy(cublaslt);
     if (cublas) cublasDestroy(cublas);
     if (stream) cudaStreamDestroy(stream);
 }
@@ -100,6 +103,7 @@ stx_status CudaOps::create(int32_t device, bool bf16, CudaOps *out) {
     if (!STX_BLAS_CHECK(ctx, cublasSetStream(ctx->cublas, ctx->stream))) return ctx->err;
     // fp32 exact mode: no TF32 or other reduced-precision shortcuts inside cuBLAS.
     if (!STX_BLAS_CHECK(ctx, cublasSetMathMode(ctx->cublas, CUBLAS_PEDANTIC_MATH))) return ctx->err;
+    if (!STX_BLAS_CHECK(ctx, cublasLtCreate(&ctx->cublaslt))) return ctx->err;
     out->ctx_ = ctx;
     return STX_OK;
 }

@@ -1,6 +1,7 @@
 // rows.cu: the row-wise ops: LayerNorm, embedding and softmax cross-entropy, forward and
 // backward, plus the deterministic column sums their parameter gradients need (partial sums
-// over fixed row chunks, then the chunks in order: no atomics, the same bits every run).
+// over fixed row chunks, then the chunks in order: no atomics, the same bits every run), also
+// fused with a bf16 conversion for the bias gradient of a bf16 linear.
 #include "context.cuh"
 
 namespace stx {
@@ -69,6 +70,61 @@ __global__ void column_partial_kernel(float *partial_g, float *partial_b, const 
     }
     partial_b[k * C + c] = sb;
     if (inp) partial_g[k * C + c] = sg;
+}
+
+// A CTA of the fused conversion: 128 columns (4 consecutive ones a thread) by 8 rows at a time.
+const int kCastColThreads = 32, kCastRowThreads = 8;
+
+// dst = bf16(x) and partial[k][c] = the sum of the fp32 x[n, c] over rows [k * chunk,
+// (k+1) * chunk): each thread adds its rows (threadIdx.y, + 8, ...) in order, then one thread
+// per column adds the 8 row groups in order, so the sums never depend on scheduling. kVec:
+// x 16-byte and dst 8-byte aligned and C % 4 == 0 (a float4 in, four bf16 out); otherwise one
+// element at a time. Rounding as to_bf16_kernel (nearest even).
+template <bool kVec>
+__global__ void __launch_bounds__(kCastColThreads *kCastRowThreads)
+    to_bf16_column_partial_kernel(__nv_bfloat16 *__restrict__ dst, float *__restrict__ partial,
+                                  const float *__restrict__ x, int64_t N, int32_t C,
+                                  int64_t chunk) {
+    const int32_t c = (blockIdx.x * kCastColThreads + threadIdx.x) * 4;
+    const int64_t begin = blockIdx.y * chunk;
+    const int64_t end = begin + chunk < N ? begin + chunk : N;
+    float s[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (c < C) {
+#pragma unroll 4
+        for (int64_t n = begin + threadIdx.y; n < end; n += kCastRowThreads) {
+            const int64_t i = n * C + c;
+            if (kVec) {
+                const float4 v = *reinterpret_cast<const float4 *>(x + i);
+                s[0] += v.x;
+                s[1] += v.y;
+                s[2] += v.z;
+                s[3] += v.w;
+                const __nv_bfloat162 h[2] = {__floats2bfloat162_rn(v.x, v.y),
+                                             __floats2bfloat162_rn(v.z, v.w)};
+                *reinterpret_cast<uint2 *>(dst + i) = *reinterpret_cast<const uint2 *>(h);
+            } else {
+#pragma unroll
+                for (int j = 0; j < 4; ++j)
+                    if (c + j < C) {
+                        const float v = x[i + j];
+                        s[j] += v;
+                        dst[i + j] = __float2bfloat16(v);
+                    }
+            }
+        }
+    }
+    // part[r][t] (as floats: r * 128 + column t of the CTA): row group r's sum of column t.
+    __shared__ float4 part[kCastRowThreads][kCastColThreads];
+    part[threadIdx.y][threadIdx.x] = make_float4(s[0], s[1], s[2], s[3]);
+    __syncthreads();
+    const int t = threadIdx.y * kCastColThreads + threadIdx.x;
+    const int32_t col = blockIdx.x * kCastColThreads * 4 + t;
+    if (t < kCastColThreads * 4 && col < C) {
+        const float *p = reinterpret_cast<const float *>(&part[0][0]);
+        float sum = 0.0f;
+        for (int r = 0; r < kCastRowThreads; ++r) sum += p[r * kCastColThreads * 4 + t];
+        partial[blockIdx.y * static_cast<int64_t>(C) + col] = sum;
+    }
 }
 
 __global__ void column_final_kernel(float *out, const float *partial, int32_t chunks, int32_t C) {
@@ -278,6 +334,28 @@ void column_sum_add(Context *ctx, float *out, const float *x, int64_t N, int32_t
                                                          nullptr, N, C, chunk);
     column_final_kernel<<<(C + 127) / 128, 128, 0, ctx->stream>>>(out, partial, chunks, C);
     STX_LAUNCH_CHECK(ctx, "column_sum kernels");
+}
+
+void to_bf16_column_sum_add(Context *ctx, __nv_bfloat16 *dst, float *out, const float *x, int64_t N,
+                            int32_t C) {
+    if (!ctx->ok() || N == 0) return;
+    int32_t chunks = 0;
+    int64_t chunk = 0;
+    if (!column_chunks(ctx, N, C, &chunks, &chunk)) return;
+    float *partial = ctx->scratch.data();
+    const int cols_per_cta = kCastColThreads * 4;
+    const dim3 grid((C + cols_per_cta - 1) / cols_per_cta, static_cast<unsigned>(chunks)),
+        block(kCastColThreads, kCastRowThreads);
+    const bool vec = C % 4 == 0 && (reinterpret_cast<uintptr_t>(x) & 15) == 0 &&
+                     (reinterpret_cast<uintptr_t>(dst) & 7) == 0;
+    if (vec)
+        to_bf16_column_partial_kernel<true>
+            <<<grid, block, 0, ctx->stream>>>(dst, partial, x, N, C, chunk);
+    else
+        to_bf16_column_partial_kernel<false>
+            <<<grid, block, 0, ctx->stream>>>(dst, partial, x, N, C, chunk);
+    column_final_kernel<<<(C + 127) / 128, 128, 0, ctx->stream>>>(out, partial, chunks, C);
+    STX_LAUNCH_CHECK(ctx, "to_bf16_column_partial_kernel, column_final_kernel");
 }
 
 void CudaOps::layernorm_forward(float *out, float *mean, float *rstd, const float *inp,

@@ -62,14 +62,87 @@ struct Dev {
     }
 };
 
-static void expect(CudaOps &ops, const char *what, const Dev &got, const vec &ref, double bound) {
+// got's elements from `at` on against ref.
+static void expect(CudaOps &ops, const char *what, const Dev &got, const vec &ref, double bound,
+                   size_t at = 0) {
     if (ops.status() != STX_OK) fail_msg("%s: CUDA error: %s", what, stx_last_error());
     vec g = got.get(ops);
+    g.erase(g.begin(), g.begin() + static_cast<std::ptrdiff_t>(at));
     assert_int_equal(g.size(), ref.size());
     stx_test_expect_close(what, g.data(), ref.data(), ref.size(), bound);
 }
 
 static const double kNaN = NAN;
+
+// v behind `at` leading elements of value `pad`.
+static vec behind(const vec &v, size_t at, double pad) {
+    vec r(at, pad);
+    r.insert(r.end(), v.begin(), v.end());
+    return r;
+}
+
+/* linear_forward with and without a bias, linear_backward with and without dbias, on [N, C]
+ * inputs and OC outputs, against the reference; out is poisoned with NaN (the product without
+ * a bias has beta 0 and must not read it). Unshifted, every array starts on a 256-byte
+ * boundary: the forward with a bias adds it in cuBLASLt's epilogue (counted by
+ * bias_epilogue_products; in bf16 mode it must be, where OC and C allow 16-byte rows).
+ * shift: out, dout and the bias start one float past the boundary: the bias is then written
+ * first and the cuBLAS product added to it, and the bf16 backward's fused dout conversion
+ * and column sums take their element-at-a-time path. The bias gradient is an fp32 sum of the
+ * fp32 dout in both modes (bound 1e-5), and the same bits on a second run. */
+static void check_linear(CudaOps &ops, stx_test_rng *rng, const vec &x, int64_t N, int32_t C,
+                         int32_t OC, bool shift, double mm_bound) {
+    const size_t at = shift ? 1 : 0;
+    vec w = random_vec(rng, static_cast<size_t>(OC) * C, 0.2), bias = random_vec(rng, OC, 1.0);
+    Dev dx(ops, x), dw(ops, w), dbias(ops, behind(bias, at, 0.0));
+    for (int with_bias = 0; with_bias < 2; ++with_bias) {
+        char what[160];
+        const double *bp = with_bias ? bias.data() : nullptr;
+        vec y(N * OC);
+        stx::ref::linear_forward<double>(y.data(), x.data(), w.data(), bp, N, C, OC);
+        Dev dy(ops, N * OC + at, kNaN);
+        const int64_t epilogues = ops.bias_epilogue_products();
+        ops.linear_forward(dy.p() + at, dx.p(), dw.p(), with_bias ? dbias.p() + at : nullptr, N, C,
+                           OC);
+        snprintf(what, sizeof what, "linear_forward N %lld C %d OC %d%s%s", (long long)N, C, OC,
+                 with_bias ? " bias" : "", shift ? " shifted" : "");
+        expect(ops, what, dy, y, mm_bound, at);
+        const bool epilogue = ops.bias_epilogue_products() > epilogues;
+        if (with_bias)
+            printf("  %s: bias %s\n", what,
+                   epilogue ? "in cuBLASLt's epilogue" : "written first (cuBLAS, beta 1)");
+        if (!with_bias || shift) assert_false(epilogue);
+        if (with_bias && !shift && &ops == &g_bf16 && OC % 4 == 0 && C % 8 == 0)
+            assert_true(epilogue);
+
+        vec gy = random_vec(rng, N * OC, 1.0), gx = random_vec(rng, N * C, 1.0);
+        vec gw = random_vec(rng, static_cast<size_t>(OC) * C, 1.0),
+            gbias = random_vec(rng, OC, 1.0);
+        Dev dgy(ops, behind(gy, at, 0.0)), dgx(ops, gx), dgw(ops, gw), dgbias(ops, gbias);
+        vec gbias_before = gbias;
+        stx::ref::linear_backward<double>(gx.data(), gw.data(), with_bias ? gbias.data() : nullptr,
+                                          gy.data(), x.data(), w.data(), N, C, OC);
+        ops.linear_backward(dgx.p(), dgw.p(), with_bias ? dgbias.p() : nullptr, dgy.p() + at,
+                            dx.p(), dw.p(), N, C, OC);
+        snprintf(what, sizeof what, "linear_backward N %lld C %d OC %d%s%s", (long long)N, C, OC,
+                 with_bias ? " bias" : "", shift ? " shifted" : "");
+        std::string name = std::string(what) + " dinp (+=)";
+        expect(ops, name.c_str(), dgx, gx, mm_bound);
+        name = std::string(what) + " dw (+=)";
+        expect(ops, name.c_str(), dgw, gw, mm_bound);
+        name = std::string(what) + " dbias (+=)";
+        expect(ops, name.c_str(), dgbias, gbias, kFp32Bound);
+        if (with_bias) { // the same bits again from the same start
+            Dev again(ops, gbias_before), dgx2(ops, N * C, 0.0), dgw2(ops, w.size(), 0.0);
+            ops.linear_backward(dgx2.p(), dgw2.p(), again.p(), dgy.p() + at, dx.p(), dw.p(), N, C,
+                                OC);
+            vec b1 = dgbias.get(ops), b2 = again.get(ops);
+            if (ops.status() != STX_OK) fail_msg("%s: CUDA error: %s", what, stx_last_error());
+            if (memcmp(b1.data(), b2.data(), b1.size() * sizeof(double)) != 0)
+                fail_msg("%s: dbias differs between two runs", what);
+        }
+    }
+}
 
 /* LayerNorm, GELU, linear (both precisions), cross-entropy, embedding, dropout, AdamW. */
 static void test_dense_ops(void **state) {
@@ -114,29 +187,13 @@ static void test_dense_ops(void **state) {
         ops.gelu_backward(dginp.p(), dup.p(), dx.p(), N * C);
         expect(ops, "gelu_backward (+=)", dginp, ginp, kFp32Bound);
 
-        // Linear, with and without bias
-        vec w = random_vec(&rng, static_cast<size_t>(OC) * C, 0.2),
-            bias = random_vec(&rng, OC, 1.0);
-        for (int with_bias = 0; with_bias < 2; ++with_bias) {
-            const double *bp = with_bias ? bias.data() : nullptr;
-            vec y(N * OC);
-            stx::ref::linear_forward<double>(y.data(), x.data(), w.data(), bp, N, C, OC);
-            Dev dw(ops, w), dbias(ops, bias), dy(ops, N * OC, kNaN);
-            ops.linear_forward(dy.p(), dx.p(), dw.p(), with_bias ? dbias.p() : nullptr, N, C, OC);
-            expect(ops, "linear_forward", dy, y, mm_bound);
-            vec gy = random_vec(&rng, N * OC, 1.0), gx = random_vec(&rng, N * C, 1.0);
-            vec gw = random_vec(&rng, static_cast<size_t>(OC) * C, 1.0),
-                gbias = random_vec(&rng, OC, 1.0);
-            Dev dgy(ops, gy), dgx(ops, gx), dgw(ops, gw), dgbias(ops, gbias);
-            stx::ref::linear_backward<double>(gx.data(), gw.data(),
-                                              with_bias ? gbias.data() : nullptr, gy.data(),
-                                              x.data(), w.data(), N, C, OC);
-            ops.linear_backward(dgx.p(), dgw.p(), with_bias ? dgbias.p() : nullptr, dgy.p(), dx.p(),
-                                dw.p(), N, C, OC);
-            expect(ops, "linear_backward dinp (+=)", dgx, gx, mm_bound);
-            expect(ops, "linear_backward dw (+=)", dgw, gw, mm_bound);
-            if (with_bias) expect(ops, "linear_backward dbias (+=)", dgbias, gbias, kFp32Bound);
-        }
+        // Linear: rows below 128 (a column-sum chunk per row), rows not a multiple of the
+        // chunk, OC not a multiple of 128 or of 4, and shifted operands.
+        check_linear(ops, &rng, x, N, C, OC, false, mm_bound);
+        check_linear(ops, &rng, random_vec(&rng, 1001 * 64, 2.0), 1001, 64, 200, false, mm_bound);
+        check_linear(ops, &rng, random_vec(&rng, 335 * 40, 2.0), 335, 40, 67, false, mm_bound);
+        check_linear(ops, &rng, random_vec(&rng, 1001 * 64, 2.0), 1001, 64, 200, true, mm_bound);
+        check_linear(ops, &rng, random_vec(&rng, 3001 * 128, 2.0), 3001, 128, 260, false, mm_bound);
 
         // Cross-entropy
         const int32_t V = 256;
