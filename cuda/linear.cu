@@ -135,6 +135,9 @@ void launch_to_bf16(cudaStream_t stream, __nv_bfloat16 *dst, const float *src, i
 void CudaOps::linear_forward(float *out, const float *inp, const float *w, const float *bias,
                              int64_t N, int32_t IC, int32_t OC) {
     if (!ctx_->ok() || N == 0) return;
+    OpAccess io(ctx_.get(),
+                {Span(inp, N * IC), Span(w, static_cast<int64_t>(OC) * IC), Span(bias, OC)},
+                {Span(out, N * OC)});
     bias_broadcast_kernel<<<static_cast<unsigned>(N), 128, 0, ctx_->stream>>>(out, bias, OC);
     if (!STX_LAUNCH_CHECK(ctx_, "bias_broadcast_kernel")) return;
     // out^T (OC x N) = W (OC x IC) x^T (IC x N) + out^T
@@ -151,20 +154,23 @@ void CudaOps::linear_forward(float *out, const float *inp, const float *w, const
         to_bf16(ctx_, s, w, w_elems);
         w16 = s;
     }
-    to_bf16(ctx_, s + padded8(w_elems), inp, x_elems);
-    gemm_bf16(ctx_, CUBLAS_OP_T, CUBLAS_OP_N, OC, static_cast<int>(N), IC, w16, IC,
-              s + padded8(w_elems), IC, 1.0f, out, OC);
+    const __nv_bfloat16 *x16 = ctx_->bf16_operand(inp, x_elems, s + padded8(w_elems));
+    gemm_bf16(ctx_, CUBLAS_OP_T, CUBLAS_OP_N, OC, static_cast<int>(N), IC, w16, IC, x16, IC, 1.0f,
+              out, OC);
 }
 
 void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
                               const float *inp, const float *w, int64_t N, int32_t IC, int32_t OC) {
     if (!ctx_->ok() || N == 0) return;
     const int64_t w_elems = static_cast<int64_t>(OC) * IC, x_elems = N * IC, d_elems = N * OC;
+    OpAccess io(ctx_.get(), {Span(dout, d_elems), Span(inp, x_elems), Span(w, w_elems)}, {},
+                {Span(dinp, x_elems), Span(dw, w_elems), Span(dbias, OC)});
+    const float dinp_beta = io.fresh(0) ? 0.0f : 1.0f; // a pending zero: written, not added to
     // dinp^T (IC x N) += W^T (IC x OC) dout^T (OC x N)
     // dW^T (IC x OC) += x^T (IC x N) dout (N x OC)
     if (!ctx_->bf16) {
         gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w, IC, dout, OC,
-                  1.0f, dinp, IC);
+                  dinp_beta, dinp, IC);
         gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), inp, IC, dout, OC,
                   1.0f, dw, IC);
     } else {
@@ -184,10 +190,10 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
         }
         if (!share) to_bf16(ctx_, s + b1, dout, d_elems);
         gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w16, IC,
-                  s + (share ? d_at : b1), OC, 1.0f, dinp, IC);
-        to_bf16(ctx_, s, inp, x_elems);
+                  s + (share ? d_at : b1), OC, dinp_beta, dinp, IC);
+        const __nv_bfloat16 *x16 = ctx_->bf16_operand(inp, x_elems, s);
         if (!share) to_bf16(ctx_, s + b2, dout, d_elems);
-        gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), s, IC,
+        gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), x16, IC,
                   s + (share ? d_at : b2), OC, 1.0f, dw, IC);
     }
     if (dbias) column_sum_add(ctx_.get(), dbias, dout, N, OC);
