@@ -77,7 +77,7 @@ struct Context {
     // kernel partly by operand alignment, so a copy sits where the scratch copy it replaces
     // would have, modulo 256 bytes (usually the same phase for every use of a source).
     std::map<std::tuple<uintptr_t, int64_t, uint32_t>, Bf16Copy> bf16_copies;
-    size_t bf16_copy_max_bytes = 0;                         // the largest source range
+    size_t bf16_copy_max_bytes = 0;                          // the largest source range
     std::vector<std::pair<uintptr_t, size_t>> pending_zeros; // byte ranges that read as zero
 
     ~Context();
@@ -119,13 +119,14 @@ struct Context {
     }
 };
 
-// What one op reads and writes, declared before it runs (its inputs; the outputs it writes
-// or partly writes; the outputs it adds into, `acc`). The constructor materializes every
-// pending zero the op would read or partly write. An acc output that is exactly one pending
-// zero and meets none of the op's other ranges is `fresh`: the op must write it (as if adding
-// to zeros: 0.0f + x, or cuBLAS beta 0) without reading it. The destructor marks every output
-// written (bf16 copies over them dropped) and only then validates the copies the op produced
-// itself (produce()). Every CudaOps method that touches device memory makes one, first.
+// What one op reads and writes, declared before it runs: its inputs; `out`, every output it
+// writes, partly writes or adds into as memory holds it; `acc`, only outputs it adds into AND
+// whose fresh() it honors. The constructor materializes every pending zero the op would read
+// or partly write. An acc output that is exactly one pending zero and meets none of the op's
+// other ranges is `fresh`: the op must write it (as if adding to zeros: 0.0f + x, or cuBLAS
+// beta 0) without reading it; an op that ignored fresh() would read a stale buffer. The destructor
+// marks every output written (bf16 copies over them dropped) and only then validates the copies the
+// op produced itself (produce()). Every CudaOps method that touches device memory makes one, first.
 struct Span {
     const void *p = nullptr;
     size_t bytes = 0;

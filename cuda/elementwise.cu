@@ -39,8 +39,7 @@ __device__ __forceinline__ float gelu_grad_add(float acc, float g, float x) {
 
 // out16 (unless null): the bf16 rounding of each value stored in out, the operand copy of
 // the next product (context.cuh), the same bits the conversion kernel would give.
-__global__ void gelu_forward_kernel(float *out, __nv_bfloat16 *out16, const float *inp,
-                                    int64_t n) {
+__global__ void gelu_forward_kernel(float *out, __nv_bfloat16 *out16, const float *inp, int64_t n) {
     if (aligned16(out) && aligned16(inp)) {
         STX_GRID_LOOP(i, n / 4) {
             const float4 x = reinterpret_cast<const float4 *>(inp)[i];
@@ -74,8 +73,8 @@ __global__ void gelu_backward_kernel(float *dinp, const float *dout, const float
         STX_GRID_LOOP(i, n / 4) {
             const float4 x = reinterpret_cast<const float4 *>(inp)[i];
             const float4 g = reinterpret_cast<const float4 *>(dout)[i];
-            const float4 d =
-                fresh ? make_float4(0.0f, 0.0f, 0.0f, 0.0f) : reinterpret_cast<const float4 *>(dinp)[i];
+            const float4 d = fresh ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
+                                   : reinterpret_cast<const float4 *>(dinp)[i];
             reinterpret_cast<float4 *>(dinp)[i] =
                 make_float4(gelu_grad_add(d.x, g.x, x.x), gelu_grad_add(d.y, g.y, x.y),
                             gelu_grad_add(d.z, g.z, x.z), gelu_grad_add(d.w, g.w, x.w));

@@ -163,8 +163,8 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
                               const float *inp, const float *w, int64_t N, int32_t IC, int32_t OC) {
     if (!ctx_->ok() || N == 0) return;
     const int64_t w_elems = static_cast<int64_t>(OC) * IC, x_elems = N * IC, d_elems = N * OC;
-    OpAccess io(ctx_.get(), {Span(dout, d_elems), Span(inp, x_elems), Span(w, w_elems)}, {},
-                {Span(dinp, x_elems), Span(dw, w_elems), Span(dbias, OC)});
+    OpAccess io(ctx_.get(), {Span(dout, d_elems), Span(inp, x_elems), Span(w, w_elems)},
+                {Span(dw, w_elems), Span(dbias, OC)}, {Span(dinp, x_elems)});
     const float dinp_beta = io.fresh(0) ? 0.0f : 1.0f; // a pending zero: written, not added to
     // dinp^T (IC x N) += W^T (IC x OC) dout^T (OC x N)
     // dW^T (IC x OC) += x^T (IC x N) dout (N x OC)

@@ -81,8 +81,8 @@ void Context::materialize(const void *p, size_t bytes) {
         }
         pending_zeros.erase(pending_zeros.begin() + static_cast<std::ptrdiff_t>(i));
         if (ok())
-            STX_CUDA_CHECK(this, cudaMemsetAsync(reinterpret_cast<void *>(z.first), 0, z.second,
-                                                 stream));
+            STX_CUDA_CHECK(this,
+                           cudaMemsetAsync(reinterpret_cast<void *>(z.first), 0, z.second, stream));
     }
 }
 
@@ -124,9 +124,8 @@ void Context::zero(void *p, size_t bytes) {
         if (z.first == a && z.second == bytes) return; // already pending
     materialize(p, bytes); // a pending zero meeting part of this range: its own bytes now
     // The parameters are read outside the ops (the decoder's weight casts): zeroed now.
-    const bool meets_params =
-        params && ranges_meet(a, bytes, reinterpret_cast<uintptr_t>(params),
-                              params_n * sizeof(float));
+    const bool meets_params = params && ranges_meet(a, bytes, reinterpret_cast<uintptr_t>(params),
+                                                    params_n * sizeof(float));
     if (operand_cache_off || meets_params) {
         STX_CUDA_CHECK(this, cudaMemsetAsync(p, 0, bytes, stream));
         return;
@@ -143,8 +142,7 @@ Context::Bf16Copy *Context::bf16_copy(const float *src, int64_t n, uint32_t phas
     if (!create) return nullptr;
     // Room for the copy: under a memory limit, and on the device with a sixteenth of it left
     // free after (the copies are a convenience: an op converts into scratch without one).
-    const size_t elems = static_cast<size_t>(n) + 128,
-                 bytes = elems * sizeof(__nv_bfloat16);
+    const size_t elems = static_cast<size_t>(n) + 128, bytes = elems * sizeof(__nv_bfloat16);
     if (limit > 0 && in_use + static_cast<int64_t>(bytes) > limit) return nullptr;
     size_t free_b = 0, total_b = 0;
     if (cudaMemGetInfo(&free_b, &total_b) != cudaSuccess) {

@@ -309,7 +309,7 @@ void CudaOps::layernorm_backward(float *dinp, float *dg, float *db, const float 
     if (!ctx_->ok() || N == 0) return;
     OpAccess io(ctx_.get(),
                 {Span(dout, N * C), Span(inp, N * C), Span(g, C), Span(mean, N), Span(rstd, N)},
-                {}, {Span(dinp, N * C), Span(dg, C), Span(db, C)});
+                {Span(dg, C), Span(db, C)}, {Span(dinp, N * C)});
     layernorm_backward_input_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
         dinp, dout, inp, g, mean, rstd, N, C, io.fresh(0));
     int32_t chunks = 0;
@@ -351,10 +351,10 @@ void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos,
                                  int32_t B, int32_t T, int32_t C) {
     if (!ctx_->ok()) return;
     const int64_t N = static_cast<int64_t>(B) * T;
-    std::vector<Span> acc = {Span(dtok, int64_t(STX_VOCAB) * C), Span(dstart, C)};
+    std::vector<Span> out = {Span(dtok, int64_t(STX_VOCAB) * C), Span(dstart, C)};
     for (int32_t a = 0; a < n_axes; ++a)
-        acc.push_back(Span(dpos[a], static_cast<int64_t>(pos_shape[a]) * C));
-    OpAccess io(ctx_.get(), {Span(dout, N * C), Span(tokens, N)}, {}, acc);
+        out.push_back(Span(dpos[a], static_cast<int64_t>(pos_shape[a]) * C));
+    OpAccess io(ctx_.get(), {Span(dout, N * C), Span(tokens, N)}, out); // added into
     const int64_t chunks = (N + kSortChunk - 1) / kSortChunk;
     if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257 + 256 * chunks))) return;
     int32_t *rows = ctx_->index_scratch.data(), *offsets = rows + N, *counts = offsets + 257;
@@ -391,8 +391,7 @@ void CudaOps::crossentropy_forward(float *losses, const float *logits, const uin
 void CudaOps::crossentropy_backward(float *dlogits, const float *logits, const uint8_t *targets,
                                     double dloss_scale, int64_t N, int32_t V) {
     if (!ctx_->ok() || N == 0) return;
-    OpAccess io(ctx_.get(), {Span(logits, N * V), Span(targets, N)}, {},
-                {Span(dlogits, N * V)});
+    OpAccess io(ctx_.get(), {Span(logits, N * V), Span(targets, N)}, {}, {Span(dlogits, N * V)});
     crossentropy_backward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
         dlogits, logits, targets, static_cast<float>(dloss_scale), N, V, io.fresh(0));
     STX_LAUNCH_CHECK(ctx_, "crossentropy_backward_kernel");
