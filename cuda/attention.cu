@@ -784,26 +784,26 @@ bool use_tc(const std::shared_ptr<Context> &ctx, const Layout &layout, int32_t D
 
 // The tensor cores' bf16 copies of q, k, v and, for backward, dout.
 struct Bf16Operands {
-    __nv_bfloat16 *q = nullptr, *k = nullptr, *v = nullptr, *dout = nullptr;
+    const __nv_bfloat16 *q = nullptr, *k = nullptr, *v = nullptr;
+    __nv_bfloat16 *dout = nullptr;
 };
 
 // q, k (rows x Dq each), v and, unless null, dout (rows x Dv each) as bf16 in ctx->cast_scratch,
 // one after the other (each a multiple of 8 elements, so every copy starts 16-byte aligned for
-// cp.async); false (the error recorded) if the scratch cannot be had.
+// cp.async), or for q, k, v their cached copies (Context::bf16_operand: placed as they would
+// be there, modulo 256 bytes); false (the error recorded) if the scratch cannot be had.
 bool to_bf16_operands(const std::shared_ptr<Context> &ctx, size_t rows, int32_t Dq, int32_t Dv,
                       const float *q, const float *k, const float *v, const float *dout,
                       Bf16Operands *x) {
     const size_t nq = rows * Dq, nv = rows * Dv;
     const size_t n = 2 * nq + (dout ? 2 : 1) * nv;
     if (!ctx->reserve(ctx->cast_scratch, n * sizeof(__nv_bfloat16))) return false;
-    x->q = reinterpret_cast<__nv_bfloat16 *>(ctx->cast_scratch.data());
-    x->k = x->q + nq;
-    x->v = x->k + nq;
-    tc_to_bf16(ctx.get(), x->q, q, static_cast<int64_t>(nq));
-    tc_to_bf16(ctx.get(), x->k, k, static_cast<int64_t>(nq));
-    tc_to_bf16(ctx.get(), x->v, v, static_cast<int64_t>(nv));
+    __nv_bfloat16 *at = reinterpret_cast<__nv_bfloat16 *>(ctx->cast_scratch.data());
+    x->q = ctx->bf16_operand(q, static_cast<int64_t>(nq), at);
+    x->k = ctx->bf16_operand(k, static_cast<int64_t>(nq), at + nq);
+    x->v = ctx->bf16_operand(v, static_cast<int64_t>(nv), at + 2 * nq);
     if (dout) {
-        x->dout = x->v + nv;
+        x->dout = at + 2 * nq + nv;
         tc_to_bf16(ctx.get(), x->dout, dout, static_cast<int64_t>(nv));
     }
     return true;
@@ -819,6 +819,9 @@ void CudaOps::attention_forward(float *out, float *lse, const float *q, const fl
     const float sc = static_cast<float>(scale);
     const int32_t H = layout.n_head;
     const size_t rows = static_cast<size_t>(B) * T * H, nv = rows * Dv;
+    const int64_t nq_ = static_cast<int64_t>(rows) * Dq, nv_ = static_cast<int64_t>(nv);
+    OpAccess io(ctx_.get(), {Span(q, nq_), Span(k, nq_), Span(v, nv_)},
+                {Span(out, nv_), Span(lse, static_cast<int64_t>(B) * H * T)});
     // bf16 mode runs on tensor cores from bf16 copies of q, k, v.
     const bool tc = use_tc(ctx_, layout, Dq, Dv);
     Bf16Operands x;
@@ -853,6 +856,13 @@ void CudaOps::attention_backward(float *dq, float *dk, float *dv, const float *d
     if (!dl) return;
     const int32_t H = layout.n_head;
     const size_t n_l = static_cast<size_t>(B) * H * T;
+    // dq, dk, dv are added into pass after pass (and rows no pass reaches are left alone):
+    // a pending zero there is written to memory first, never taken as written by the kernels.
+    const int64_t nq_ = static_cast<int64_t>(n_l) * Dq, nv_ = static_cast<int64_t>(n_l) * Dv;
+    OpAccess io(ctx_.get(),
+                {Span(dout, nv_), Span(q, nq_), Span(k, nq_), Span(v, nv_), Span(out, nv_),
+                 Span(lse, static_cast<int64_t>(n_l))},
+                {Span(dq, nq_), Span(dk, nq_), Span(dv, nv_)});
     if (!ctx_->reserve(ctx_->scratch, n_l)) return;
     float *delta = ctx_->scratch.data();
     attn_delta_kernel<<<blocks_for(static_cast<int64_t>(n_l), 128), 128, 0, ctx_->stream>>>(

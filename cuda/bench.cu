@@ -16,6 +16,9 @@ stx_status cuda_attention_benchmark(const Layout &L, int32_t device, bool bf16, 
     cuda::CudaOps ops;
     stx_status st = cuda::CudaOps::create(device, bf16, &ops);
     if (st != STX_OK) return st;
+    // Every run converts q, k, v (and dout) as it did before the operand copies, which would
+    // otherwise be converted once for all runs here (in training they change every step).
+    ops.use_operand_cache(false);
     if (!cuda::attention_dims_supported(Dq, Dv))
         return fail(STX_ERR_UNSUPPORTED, "head dims Dq %d, Dv %d are not compiled for CUDA", Dq,
                     Dv);

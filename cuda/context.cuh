@@ -12,7 +12,9 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <tuple>
 #include <utility>
+#include <vector>
 
 #include "cuda_ops.h"
 #include "error.h"
@@ -78,8 +80,57 @@ struct Context {
     uint64_t params_version = 1;
     std::map<std::pair<size_t, int64_t>, WeightCopy> weight_copies; // by (offset, elements)
 
+    // Activation operand copies and pending zeros. In bf16 mode every GEMM and attention
+    // operand that is an fp32 activation was converted to bf16 at each use, and the same
+    // unchanged buffer is used several times a step (h1 by the q, k, v products forward and
+    // backward; q, k, v by attention forward and backward; att, h2, g twice each): a bf16 copy
+    // kept per source range turns those repeats into one conversion. Separately, the backward
+    // zeroes about a dozen buffers a layer right before an op that adds into them; a zero is
+    // only recorded (pending) and the op that adds into the whole buffer writes it instead.
+    //
+    // The model loop reuses its buffers across layers (with recomputation one set for all of
+    // them), so a copy is valid only until its source is next written, not for the life of an
+    // allocation: EVERY op declares what it reads and writes through one OpAccess (below),
+    // which materializes the pending zeros it would read or partly write and, when the op is
+    // done, drops the copies over everything it wrote. Work outside the ops that is ordered
+    // on the stream (native_stream()) gets all zeros materialized and all copies dropped first.
+    // STX_CUDA_NO_OPERAND_CACHE=1 (or CudaOps::use_operand_cache(false)) turns both off: the
+    // results are the same bits either way, which the CUDA tests check.
+    struct Bf16Copy {
+        DeviceBuffer<__nv_bfloat16> data;
+        size_t at = 0; // where the copy starts in data (its address modulo 256 bytes is fixed)
+        bool valid = false;
+        __nv_bfloat16 *ptr() { return data.data() + at; }
+    };
+    bool operand_cache_off = false;
+    // By (source address, elements, address of the copy modulo 256 bytes): cuBLAS picks its
+    // kernel partly by operand alignment, so a copy sits where the scratch copy it replaces
+    // would have, modulo 256 bytes (usually the same phase for every use of a source).
+    std::map<std::tuple<uintptr_t, int64_t, uint32_t>, Bf16Copy> bf16_copies;
+    size_t bf16_copy_max_bytes = 0;                          // the largest source range
+    std::vector<std::pair<uintptr_t, size_t>> pending_zeros; // byte ranges that read as zero
+
     ~Context();
     bool ok() const { return err == STX_OK; }
+    // [p, p + bytes) was (or is being) written: the bf16 copies over it are stale and, where
+    // it meets the parameters, so are the weight copies.
+    void written(const void *p, size_t bytes);
+    // The pending zeros meeting [p, p + bytes) are written to memory now.
+    void materialize(const void *p, size_t bytes);
+    // Every pending zero materialized and every bf16 copy stale: for work outside the ops.
+    void settle_all();
+    // A device buffer at [p, p + bytes) is released: its copies and pending zeros go.
+    void forget(const void *p, size_t bytes);
+    // CudaOps::zero: [p, p + bytes) reads as zero from now (memset now or recorded pending).
+    void zero(void *p, size_t bytes);
+    // The bf16 form of src[0, n) for an op that has declared src as an input: its copy
+    // (converted now unless valid), placed like `fallback` modulo 256 bytes; with the cache off
+    // or no room for a copy, src converted into fallback (scratch the caller reserved for it).
+    // nullptr when the context has failed.
+    const __nv_bfloat16 *bf16_operand(const float *src, int64_t n, __nv_bfloat16 *fallback);
+    // The copy of src[0, n) at phase `phase_bytes` (created if there is room and `create`),
+    // or nullptr.
+    Bf16Copy *bf16_copy(const float *src, int64_t n, uint32_t phase_bytes, bool create);
     // Records the first failure; returns whether the call succeeded.
     bool check(cudaError_t e, const char *what, const char *file, int line);
     bool check_blas(cublasStatus_t s, const char *what, const char *file, int line);
@@ -96,6 +147,42 @@ struct Context {
         b.allocate_for_context(this, n);
         return b.size() >= n;
     }
+};
+
+// What one op reads and writes, declared before it runs: its inputs; `out`, every output it
+// writes, partly writes or adds into as memory holds it; `acc`, only outputs it adds into AND
+// whose fresh() it honors. The constructor materializes every pending zero the op would read
+// or partly write. An acc output that is exactly one pending zero and meets none of the op's
+// other ranges is `fresh`: the op must write it (as if adding to zeros: 0.0f + x, or cuBLAS
+// beta 0) without reading it; an op that ignored fresh() would read a stale buffer. The destructor
+// marks every output written (bf16 copies over them dropped) and only then validates the copies the
+// op produced itself (produce()). Every CudaOps method that touches device memory makes one, first.
+struct Span {
+    const void *p = nullptr;
+    size_t bytes = 0;
+    Span() = default;
+    Span(const float *q, int64_t n) : p(q), bytes(q && n > 0 ? static_cast<size_t>(n) * 4 : 0) {}
+    Span(const uint8_t *q, int64_t n) : p(q), bytes(q && n > 0 ? static_cast<size_t>(n) : 0) {}
+};
+class OpAccess {
+public:
+    OpAccess(Context *ctx, const std::vector<Span> &in, const std::vector<Span> &out,
+             const std::vector<Span> &acc = {});
+    ~OpAccess();
+    OpAccess(const OpAccess &) = delete;
+    OpAccess &operator=(const OpAccess &) = delete;
+    // Whether acc output i is fresh (write it, do not read it).
+    bool fresh(size_t i) const { return i < fresh_.size() && fresh_[i]; }
+    // For an op that writes dst[0, n) in full: a bf16 copy (at phase 0) for it to write the
+    // bf16 rounding of each element it stores there, valid once the op is done; nullptr
+    // (write none) outside bf16 mode, with the cache off or no room.
+    __nv_bfloat16 *produce(const float *dst, int64_t n);
+
+private:
+    Context *ctx_;
+    std::vector<Span> written_;
+    std::vector<bool> fresh_;
+    std::vector<std::tuple<uintptr_t, int64_t, uint32_t>> produced_; // keys of bf16_copies
 };
 
 #define STX_CUDA_CHECK(ctx, call)   (ctx)->check((call), #call, __FILE__, __LINE__)

@@ -25,7 +25,9 @@ struct Context; // device, stream, cuBLAS handle, first error, layout cache, scr
 
 // Zero-filled device memory on the context's device (nullptr and the error recorded on
 // failure) and its release; both keep the context's byte counts. cuda/memory.cu.
-void *device_alloc(Context *ctx, size_t bytes);
+// quiet: a refusal (memory limit, no device memory) returns nullptr without recording an
+// error (for memory the context can do without: the bf16 operand copies).
+void *device_alloc(Context *ctx, size_t bytes, bool quiet = false);
 void device_free(Context *ctx, void *ptr, size_t bytes);
 
 // Owns device memory of n elements of T (zero-filled on alloc).
@@ -58,10 +60,10 @@ public:
     // For a buffer the Context owns itself (its scratch, cached layouts, weight copies): no
     // reference, which would be a cycle keeping the Context, its stream, cuBLAS handle and
     // all that scratch alive after its model is freed.
-    void allocate_for_context(Context *ctx, size_t n) {
+    void allocate_for_context(Context *ctx, size_t n, bool quiet = false) {
         release();
         ctx_ = ctx;
-        ptr_ = static_cast<T *>(device_alloc(ctx_, n * sizeof(T)));
+        ptr_ = static_cast<T *>(device_alloc(ctx_, n * sizeof(T), quiet));
         n_ = ptr_ ? n : 0;
     }
     void release() {
@@ -155,6 +157,10 @@ public:
     // Whether the attention runs on the Hopper kernels (where the block size and head dims
     // allow) in this context.
     bool hopper_kernels() const;
+    // On by default (off with STX_CUDA_NO_OPERAND_CACHE=1 in the environment at create): the
+    // bf16 copies of activation operands kept between ops and the pending zeros (context.cuh).
+    // The results are the same bits either way; off is for tests and comparisons.
+    void use_operand_cache(bool on);
 
     // How many linear_forward products have added their bias in cuBLASLt's epilogue (the
     // rest wrote it first and added the product to it): tests see which path ran.

@@ -1104,6 +1104,7 @@ private:
 stx_status CudaOps::create_decoder(const DecoderSource<float> &src, int32_t batch,
                                    std::unique_ptr<Decoder> *out) const {
     if (!ctx_->ok()) return ctx_->err;
+    ctx_->settle_all(); // the decoder reads the model's buffers outside the ops
     stx_status st;
     if (ctx_->bf16) {
         std::unique_ptr<CudaDecoder<__nv_bfloat16>> dec(

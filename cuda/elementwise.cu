@@ -37,33 +37,52 @@ __device__ __forceinline__ float gelu_grad_add(float acc, float g, float x) {
     for (int64_t i = (n) / 4 * 4 + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;    \
          i < (n); i += static_cast<int64_t>(gridDim.x) * blockDim.x)
 
-__global__ void gelu_forward_kernel(float *out, const float *inp, int64_t n) {
+// out16 (unless null): the bf16 rounding of each value stored in out, the operand copy of
+// the next product (context.cuh), the same bits the conversion kernel would give.
+__global__ void gelu_forward_kernel(float *out, __nv_bfloat16 *out16, const float *inp, int64_t n) {
     if (aligned16(out) && aligned16(inp)) {
         STX_GRID_LOOP(i, n / 4) {
             const float4 x = reinterpret_cast<const float4 *>(inp)[i];
-            reinterpret_cast<float4 *>(out)[i] =
-                make_float4(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w));
+            const float4 y = make_float4(gelu(x.x), gelu(x.y), gelu(x.z), gelu(x.w));
+            reinterpret_cast<float4 *>(out)[i] = y;
+            if (out16) {
+                out16[4 * i] = __float2bfloat16(y.x);
+                out16[4 * i + 1] = __float2bfloat16(y.y);
+                out16[4 * i + 2] = __float2bfloat16(y.z);
+                out16[4 * i + 3] = __float2bfloat16(y.w);
+            }
         }
-        STX_GRID_TAIL(i, n) out[i] = gelu(inp[i]);
+        STX_GRID_TAIL(i, n) {
+            const float y = gelu(inp[i]);
+            out[i] = y;
+            if (out16) out16[i] = __float2bfloat16(y);
+        }
         return;
     }
-    STX_GRID_LOOP(i, n) out[i] = gelu(inp[i]);
+    STX_GRID_LOOP(i, n) {
+        const float y = gelu(inp[i]);
+        out[i] = y;
+        if (out16) out16[i] = __float2bfloat16(y);
+    }
 }
 
-__global__ void gelu_backward_kernel(float *dinp, const float *dout, const float *inp, int64_t n) {
+// fresh: dinp is a pending zero (context.cuh): it is not read, 0.0f takes its place.
+__global__ void gelu_backward_kernel(float *dinp, const float *dout, const float *inp, int64_t n,
+                                     bool fresh) {
     if (aligned16(dinp) && aligned16(dout) && aligned16(inp)) {
         STX_GRID_LOOP(i, n / 4) {
             const float4 x = reinterpret_cast<const float4 *>(inp)[i];
             const float4 g = reinterpret_cast<const float4 *>(dout)[i];
-            const float4 d = reinterpret_cast<const float4 *>(dinp)[i];
+            const float4 d = fresh ? make_float4(0.0f, 0.0f, 0.0f, 0.0f)
+                                   : reinterpret_cast<const float4 *>(dinp)[i];
             reinterpret_cast<float4 *>(dinp)[i] =
                 make_float4(gelu_grad_add(d.x, g.x, x.x), gelu_grad_add(d.y, g.y, x.y),
                             gelu_grad_add(d.z, g.z, x.z), gelu_grad_add(d.w, g.w, x.w));
         }
-        STX_GRID_TAIL(i, n) dinp[i] = gelu_grad_add(dinp[i], dout[i], inp[i]);
+        STX_GRID_TAIL(i, n) dinp[i] = gelu_grad_add(fresh ? 0.0f : dinp[i], dout[i], inp[i]);
         return;
     }
-    STX_GRID_LOOP(i, n) dinp[i] = gelu_grad_add(dinp[i], dout[i], inp[i]);
+    STX_GRID_LOOP(i, n) dinp[i] = gelu_grad_add(fresh ? 0.0f : dinp[i], dout[i], inp[i]);
 }
 
 // resid + drop(b) for element i (index0 + i of the dropout stream: a shard's place in the
@@ -120,16 +139,20 @@ __device__ __forceinline__ void residual_dropout_grad(float &dresid, float &dbra
         dbranch += g * inv_keep;
 }
 
+// fresh_r, fresh_b: that gradient is a pending zero (context.cuh): not read, 0.0f instead
+// (never both set on one buffer: a fresh output meets no other range of the op).
 __global__ void residual_dropout_backward_kernel(float *dresid, float *dbranch, const float *dout,
                                                  int64_t n, bool drop, float inv_keep,
                                                  uint64_t seed, uint32_t stream, uint64_t step,
-                                                 uint64_t threshold, uint64_t index0) {
+                                                 uint64_t threshold, uint64_t index0, bool fresh_r,
+                                                 bool fresh_b) {
+    const float4 zero4 = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
     // The float4 path holds both gradients in registers: only distinct buffers may take it.
     if (aligned16(dresid) && aligned16(dbranch) && aligned16(dout) && dresid != dbranch) {
         STX_GRID_LOOP(i, n / 4) {
             const float4 g = reinterpret_cast<const float4 *>(dout)[i];
-            float4 r = reinterpret_cast<const float4 *>(dresid)[i];
-            float4 b = reinterpret_cast<const float4 *>(dbranch)[i];
+            float4 r = fresh_r ? zero4 : reinterpret_cast<const float4 *>(dresid)[i];
+            float4 b = fresh_b ? zero4 : reinterpret_cast<const float4 *>(dbranch)[i];
             const int64_t e = 4 * i;
             residual_dropout_grad(r.x, b.x, g.x, e, drop, inv_keep, seed, stream, step, threshold,
                                   index0);
@@ -142,9 +165,23 @@ __global__ void residual_dropout_backward_kernel(float *dresid, float *dbranch, 
             reinterpret_cast<float4 *>(dresid)[i] = r;
             reinterpret_cast<float4 *>(dbranch)[i] = b;
         }
-        STX_GRID_TAIL(i, n)
-        residual_dropout_grad(dresid[i], dbranch[i], dout[i], i, drop, inv_keep, seed, stream, step,
-                              threshold, index0);
+        STX_GRID_TAIL(i, n) {
+            float r = fresh_r ? 0.0f : dresid[i], b = fresh_b ? 0.0f : dbranch[i];
+            residual_dropout_grad(r, b, dout[i], i, drop, inv_keep, seed, stream, step, threshold,
+                                  index0);
+            dresid[i] = r;
+            dbranch[i] = b;
+        }
+        return;
+    }
+    if (fresh_r || fresh_b) { // distinct buffers (a fresh one meets no other)
+        STX_GRID_LOOP(i, n) {
+            float r = fresh_r ? 0.0f : dresid[i], b = fresh_b ? 0.0f : dbranch[i];
+            residual_dropout_grad(r, b, dout[i], i, drop, inv_keep, seed, stream, step, threshold,
+                                  index0);
+            dresid[i] = r;
+            dbranch[i] = b;
+        }
         return;
     }
     STX_GRID_LOOP(i, n)
@@ -172,15 +209,18 @@ __global__ void adamw_kernel(float *p, float *m, float *v, const float *g, int64
 
 void CudaOps::gelu_forward(float *out, const float *inp, int64_t n) {
     if (!ctx_->ok() || n == 0) return;
-    gelu_forward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0, ctx_->stream>>>(out, inp,
-                                                                                          n);
+    OpAccess io(ctx_.get(), {Span(inp, n)}, {Span(out, n)});
+    __nv_bfloat16 *out16 = io.produce(out, n); // g: the bf16 operand of the next product
+    gelu_forward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0, ctx_->stream>>>(
+        out, out16, inp, n);
     STX_LAUNCH_CHECK(ctx_, "gelu_forward_kernel");
 }
 
 void CudaOps::gelu_backward(float *dinp, const float *dout, const float *inp, int64_t n) {
     if (!ctx_->ok() || n == 0) return;
+    OpAccess io(ctx_.get(), {Span(dout, n), Span(inp, n)}, {}, {Span(dinp, n)});
     gelu_backward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0, ctx_->stream>>>(
-        dinp, dout, inp, n);
+        dinp, dout, inp, n, io.fresh(0));
     STX_LAUNCH_CHECK(ctx_, "gelu_backward_kernel");
 }
 
@@ -188,6 +228,7 @@ void CudaOps::residual_dropout_forward(float *out, const float *resid, const flo
                                        int64_t n, double p, uint64_t seed, uint32_t stream,
                                        uint64_t step, uint64_t index0) {
     if (!ctx_->ok() || n == 0) return;
+    OpAccess io(ctx_.get(), {Span(resid, n), Span(branch, n)}, {Span(out, n)});
     const bool drop = p > 0.0;
     const float inv_keep = drop ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f;
     residual_dropout_forward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0,
@@ -200,11 +241,13 @@ void CudaOps::residual_dropout_backward(float *dresid, float *dbranch, const flo
                                         double p, uint64_t seed, uint32_t stream, uint64_t step,
                                         uint64_t index0) {
     if (!ctx_->ok() || n == 0) return;
+    OpAccess io(ctx_.get(), {Span(dout, n)}, {}, {Span(dresid, n), Span(dbranch, n)});
     const bool drop = p > 0.0;
     const float inv_keep = drop ? static_cast<float>(1.0 / (1.0 - p)) : 1.0f;
     residual_dropout_backward_kernel<<<blocks_for((n + 3) / 4, kThreads), kThreads, 0,
-                                       ctx_->stream>>>(
-        dresid, dbranch, dout, n, drop, inv_keep, seed, stream, step, dropout_threshold(p), index0);
+                                       ctx_->stream>>>(dresid, dbranch, dout, n, drop, inv_keep,
+                                                       seed, stream, step, dropout_threshold(p),
+                                                       index0, io.fresh(0), io.fresh(1));
     STX_LAUNCH_CHECK(ctx_, "residual_dropout_backward_kernel");
 }
 
@@ -212,7 +255,7 @@ void CudaOps::adamw_update(float *p, float *m, float *v, const float *g, int64_t
                            double grad_scale, double lr, double beta1, double beta2, double eps,
                            double weight_decay, bool decay, int64_t t) {
     if (!ctx_->ok() || n == 0) return;
-    ctx_->parameters_written(p, static_cast<size_t>(n));
+    OpAccess io(ctx_.get(), {Span(g, n)}, {Span(p, n), Span(m, n), Span(v, n)});
     const float bc1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(t)));
     const float bc2 = static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(t)));
     const float decay_factor = decay ? static_cast<float>(lr * weight_decay) : 0.0f;

@@ -274,6 +274,9 @@ int64_t CudaOps::bias_epilogue_products() const {
 void CudaOps::linear_forward(float *out, const float *inp, const float *w, const float *bias,
                              int64_t N, int32_t IC, int32_t OC) {
     if (!ctx_->ok() || N == 0) return;
+    OpAccess io(ctx_.get(),
+                {Span(inp, N * IC), Span(w, static_cast<int64_t>(OC) * IC), Span(bias, OC)},
+                {Span(out, N * OC)});
     // out^T (OC x N) = W (OC x IC) x^T (IC x N) + bias: see linear_product
     const int64_t w_elems = static_cast<int64_t>(OC) * IC, x_elems = N * IC;
     if (!ctx_->bf16) {
@@ -287,19 +290,22 @@ void CudaOps::linear_forward(float *out, const float *inp, const float *w, const
         to_bf16(ctx_, s, w, w_elems);
         w16 = s;
     }
-    to_bf16(ctx_, s + padded8(w_elems), inp, x_elems);
-    linear_product<__nv_bfloat16>(ctx_, out, s + padded8(w_elems), w16, bias, N, IC, OC);
+    const __nv_bfloat16 *x16 = ctx_->bf16_operand(inp, x_elems, s + padded8(w_elems));
+    linear_product<__nv_bfloat16>(ctx_, out, x16, w16, bias, N, IC, OC);
 }
 
 void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float *dout,
                               const float *inp, const float *w, int64_t N, int32_t IC, int32_t OC) {
     if (!ctx_->ok() || N == 0) return;
     const int64_t w_elems = static_cast<int64_t>(OC) * IC, x_elems = N * IC, d_elems = N * OC;
+    OpAccess io(ctx_.get(), {Span(dout, d_elems), Span(inp, x_elems), Span(w, w_elems)},
+                {Span(dw, w_elems), Span(dbias, OC)}, {Span(dinp, x_elems)});
+    const float dinp_beta = io.fresh(0) ? 0.0f : 1.0f; // a pending zero: written, not added to
     // dinp^T (IC x N) += W^T (IC x OC) dout^T (OC x N)
     // dW^T (IC x OC) += x^T (IC x N) dout (N x OC)
     if (!ctx_->bf16) {
         gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w, IC, dout, OC,
-                  1.0f, dinp, IC);
+                  dinp_beta, dinp, IC);
         gemm_fp32(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), inp, IC, dout, OC,
                   1.0f, dw, IC);
         if (dbias) column_sum_add(ctx_.get(), dbias, dout, N, OC);
@@ -320,10 +326,10 @@ void CudaOps::linear_backward(float *dinp, float *dw, float *dbias, const float 
         }
         if (!share) cast_dout(ctx_, s + b1, dbias, dout, N, OC);
         gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_N, IC, static_cast<int>(N), OC, w16, IC,
-                  s + (share ? d_at : b1), OC, 1.0f, dinp, IC);
-        to_bf16(ctx_, s, inp, x_elems);
+                  s + (share ? d_at : b1), OC, dinp_beta, dinp, IC);
+        const __nv_bfloat16 *x16 = ctx_->bf16_operand(inp, x_elems, s);
         if (!share) to_bf16(ctx_, s + b2, dout, d_elems);
-        gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), s, IC,
+        gemm_bf16(ctx_, CUBLAS_OP_N, CUBLAS_OP_T, IC, OC, static_cast<int>(N), x16, IC,
                   s + (share ? d_at : b2), OC, 1.0f, dw, IC);
     }
 }

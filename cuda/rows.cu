@@ -2,6 +2,8 @@
 // backward, plus the deterministic column sums their parameter gradients need (partial sums
 // over fixed row chunks, then the chunks in order: no atomics, the same bits every run), also
 // fused with a bf16 conversion for the bias gradient of a bf16 linear.
+#include <vector>
+
 #include "context.cuh"
 
 namespace stx {
@@ -10,9 +12,11 @@ namespace {
 
 const int kRowsPerBlock = 8; // one warp per row, 8 warps a block
 
-__global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, const float *inp,
-                                         const float *g, const float *b, int64_t N, int32_t C,
-                                         float eps) {
+// out16 (unless null): the bf16 rounding of each value stored in out, the operand copy of
+// the next products (context.cuh), the same bits the conversion kernel would give.
+__global__ void layernorm_forward_kernel(float *out, __nv_bfloat16 *out16, float *mean, float *rstd,
+                                         const float *inp, const float *g, const float *b,
+                                         int64_t N, int32_t C, float eps) {
     const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
     if (row >= N) return;
     const float *x = inp + row * C;
@@ -24,16 +28,22 @@ __global__ void layernorm_forward_kernel(float *out, float *mean, float *rstd, c
     const float var = warp_sum(sq) / static_cast<float>(C);
     const float rs = 1.0f / sqrtf(var + eps);
     float *y = out + row * C;
-    for (int32_t c = threadIdx.x; c < C; c += 32) y[c] = (x[c] - mu) * rs * g[c] + b[c];
+    for (int32_t c = threadIdx.x; c < C; c += 32) {
+        const float v = (x[c] - mu) * rs * g[c] + b[c];
+        y[c] = v;
+        if (out16) out16[row * C + c] = __float2bfloat16(v);
+    }
     if (threadIdx.x == 0) {
         mean[row] = mu;
         rstd[row] = rs;
     }
 }
 
+// fresh: dinp is a pending zero (context.cuh): not read, 0.0f instead.
 __global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, const float *inp,
                                                 const float *g, const float *mean,
-                                                const float *rstd, int64_t N, int32_t C) {
+                                                const float *rstd, int64_t N, int32_t C,
+                                                bool fresh) {
     const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
     if (row >= N) return;
     const float *x = inp + row * C, *dy = dout + row * C;
@@ -49,7 +59,7 @@ __global__ void layernorm_backward_input_kernel(float *dinp, const float *dout, 
     float *dx = dinp + row * C;
     for (int32_t c = threadIdx.x; c < C; c += 32) {
         const float xhat = (x[c] - mu) * rs, dxhat = dy[c] * g[c];
-        dx[c] += rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
+        dx[c] = (fresh ? 0.0f : dx[c]) + rs * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat);
     }
 }
 
@@ -296,9 +306,10 @@ __global__ void crossentropy_forward_kernel(float *losses, const float *logits,
     if (threadIdx.x == 0) losses[row] = m + logf(s) - z[targets[row]];
 }
 
+// fresh: dlogits is a pending zero (context.cuh): not read, 0.0f instead.
 __global__ void crossentropy_backward_kernel(float *dlogits, const float *logits,
                                              const uint8_t *targets, float scale, int64_t N,
-                                             int32_t V) {
+                                             int32_t V, bool fresh) {
     const int64_t row = blockIdx.x * static_cast<int64_t>(kRowsPerBlock) + threadIdx.y;
     if (row >= N) return;
     const float *z = logits + row * V;
@@ -307,7 +318,8 @@ __global__ void crossentropy_backward_kernel(float *dlogits, const float *logits
     const float lse = m + logf(s);
     const int32_t target = targets[row];
     for (int32_t v = threadIdx.x; v < V; v += 32)
-        dlogits[row * V + v] += scale * (expf(z[v] - lse) - (v == target ? 1.0f : 0.0f));
+        dlogits[row * V + v] = (fresh ? 0.0f : dlogits[row * V + v]) +
+                               scale * (expf(z[v] - lse) - (v == target ? 1.0f : 0.0f));
 }
 
 unsigned row_blocks(int64_t N) {
@@ -361,8 +373,11 @@ void to_bf16_column_sum_add(Context *ctx, __nv_bfloat16 *dst, float *out, const 
 void CudaOps::layernorm_forward(float *out, float *mean, float *rstd, const float *inp,
                                 const float *g, const float *b, int64_t N, int32_t C, double eps) {
     if (!ctx_->ok() || N == 0) return;
+    OpAccess io(ctx_.get(), {Span(inp, N * C), Span(g, C), Span(b, C)},
+                {Span(out, N * C), Span(mean, N), Span(rstd, N)});
+    __nv_bfloat16 *out16 = io.produce(out, N * C); // h1, h2, hf: the bf16 operand of products
     layernorm_forward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
-        out, mean, rstd, inp, g, b, N, C, static_cast<float>(eps));
+        out, out16, mean, rstd, inp, g, b, N, C, static_cast<float>(eps));
     STX_LAUNCH_CHECK(ctx_, "layernorm_forward_kernel");
 }
 
@@ -370,8 +385,11 @@ void CudaOps::layernorm_backward(float *dinp, float *dg, float *db, const float 
                                  const float *inp, const float *g, const float *mean,
                                  const float *rstd, int64_t N, int32_t C) {
     if (!ctx_->ok() || N == 0) return;
+    OpAccess io(ctx_.get(),
+                {Span(dout, N * C), Span(inp, N * C), Span(g, C), Span(mean, N), Span(rstd, N)},
+                {Span(dg, C), Span(db, C)}, {Span(dinp, N * C)});
     layernorm_backward_input_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
-        dinp, dout, inp, g, mean, rstd, N, C);
+        dinp, dout, inp, g, mean, rstd, N, C, io.fresh(0));
     int32_t chunks = 0;
     int64_t chunk = 0;
     if (!column_chunks(ctx_.get(), N, C, &chunks, &chunk)) return;
@@ -392,11 +410,15 @@ void CudaOps::embedding_forward(float *out, const uint8_t *tokens, const float *
     if (!ctx_->ok()) return;
     PosTables p{};
     p.n_axes = n_axes;
+    const int64_t n = static_cast<int64_t>(B) * T * C;
+    std::vector<Span> in = {Span(tokens, static_cast<int64_t>(B) * T),
+                            Span(tok, int64_t(STX_VOCAB) * C), Span(start, C)};
     for (int32_t a = 0; a < n_axes; ++a) {
         p.table[a] = pos[a];
         p.shape[a] = pos_shape[a];
+        in.push_back(Span(pos[a], static_cast<int64_t>(pos_shape[a]) * C));
     }
-    const int64_t n = static_cast<int64_t>(B) * T * C;
+    OpAccess io(ctx_.get(), in, {Span(out, n)});
     embedding_forward_kernel<<<blocks_for(n, 256), 256, 0, ctx_->stream>>>(out, tokens, tok, start,
                                                                            p, B, T, C);
     STX_LAUNCH_CHECK(ctx_, "embedding_forward_kernel");
@@ -407,6 +429,10 @@ void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos,
                                  int32_t B, int32_t T, int32_t C) {
     if (!ctx_->ok()) return;
     const int64_t N = static_cast<int64_t>(B) * T;
+    std::vector<Span> out = {Span(dtok, int64_t(STX_VOCAB) * C), Span(dstart, C)};
+    for (int32_t a = 0; a < n_axes; ++a)
+        out.push_back(Span(dpos[a], static_cast<int64_t>(pos_shape[a]) * C));
+    OpAccess io(ctx_.get(), {Span(dout, N * C), Span(tokens, N)}, out); // added into
     const int64_t chunks = (N + kSortChunk - 1) / kSortChunk;
     if (!ctx_->reserve(ctx_->index_scratch, static_cast<size_t>(N + 257 + 256 * chunks))) return;
     int32_t *rows = ctx_->index_scratch.data(), *offsets = rows + N, *counts = offsets + 257;
@@ -434,6 +460,7 @@ void CudaOps::embedding_backward(float *dtok, float *dstart, float *const *dpos,
 void CudaOps::crossentropy_forward(float *losses, const float *logits, const uint8_t *targets,
                                    int64_t N, int32_t V) {
     if (!ctx_->ok() || N == 0) return;
+    OpAccess io(ctx_.get(), {Span(logits, N * V), Span(targets, N)}, {Span(losses, N)});
     crossentropy_forward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
         losses, logits, targets, N, V);
     STX_LAUNCH_CHECK(ctx_, "crossentropy_forward_kernel");
@@ -442,8 +469,9 @@ void CudaOps::crossentropy_forward(float *losses, const float *logits, const uin
 void CudaOps::crossentropy_backward(float *dlogits, const float *logits, const uint8_t *targets,
                                     double dloss_scale, int64_t N, int32_t V) {
     if (!ctx_->ok() || N == 0) return;
+    OpAccess io(ctx_.get(), {Span(logits, N * V), Span(targets, N)}, {}, {Span(dlogits, N * V)});
     crossentropy_backward_kernel<<<row_blocks(N), dim3(32, kRowsPerBlock), 0, ctx_->stream>>>(
-        dlogits, logits, targets, static_cast<float>(dloss_scale), N, V);
+        dlogits, logits, targets, static_cast<float>(dloss_scale), N, V, io.fresh(0));
     STX_LAUNCH_CHECK(ctx_, "crossentropy_backward_kernel");
 }
 

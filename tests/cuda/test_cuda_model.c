@@ -6,9 +6,12 @@
  *  - ten AdamW steps on the same batches give the same weights (fp32 <= 1e-4);
  *  - the CUDA backend is deterministic (two runs, the same bits) and reports its memory;
  *  - bf16 training follows fp32: the first 10 losses within 1%, the final loss within twice
- *    the spread fp32 shows under another order of the training windows (at least 2%).
+ *    the spread fp32 shows under another order of the training windows (at least 2%);
+ *  - the bf16 operand copies and pending zeros change no bit: training steps with them and
+ *    with STX_CUDA_NO_OPERAND_CACHE=1 give the same losses, gradients and weights.
  * Without a GPU the test says so and exits 77.
  */
+#define _POSIX_C_SOURCE 200809L /* setenv */
 #include "harness.h"
 #include "model_fixtures.h"
 
@@ -36,7 +39,8 @@ static const model_case cases[] = {
     {"user layout", "local:16", 2, 96, 3, 100, 100, 32, 1.0f, 1},
 };
 
-static stx_model *make(const model_case *mc, int32_t backend, int32_t precision, float dropout) {
+static stx_model *make_ex(const model_case *mc, int32_t backend, int32_t precision, float dropout,
+                          int32_t recompute) {
     stx_config cfg;
     CHECK_OK(stx_config_init(&cfg));
     cfg.n_layer = mc->n_layer;
@@ -52,11 +56,18 @@ static stx_model *make(const model_case *mc, int32_t backend, int32_t precision,
     cfg.backend = backend;
     cfg.precision = precision;
     cfg.seed = 5;
+    cfg.recompute = recompute;
     strcpy(cfg.pattern, mc->pattern);
     stx_model *m = NULL;
     CHECK_OK(stx_model_create(&cfg, &m));
     if (mc->user_layout_layer >= 0) stx_test_user_layout(m, mc->user_layout_layer, 17);
     return m;
+}
+
+static stx_model *make(const model_case *mc, int32_t backend, int32_t precision, float dropout) {
+    stx_config cfg;
+    CHECK_OK(stx_config_init(&cfg));
+    return make_ex(mc, backend, precision, dropout, cfg.recompute);
 }
 
 /* The same fresh random weights in both models (W_out and the gains included). */
@@ -287,6 +298,123 @@ static void test_bf16_follows_fp32(void **state) {
     assert_true(rel <= bound);
 }
 
+/* Every gradient of m as float, in table order (total floats). */
+static float *read_all_grads(stx_model *m, int64_t total) {
+    float *g = malloc((size_t)total * sizeof(float));
+    assert_non_null(g);
+    int32_t n = 0;
+    size_t at = 0;
+    CHECK_OK(stx_param_count(m, &n));
+    for (int32_t i = 0; i < n; ++i) {
+        const char *name;
+        const int64_t numel = stx_test_numel(m, i, &name);
+        CHECK_OK(stx_grad_read(m, name, STX_DTYPE_F32, g + at, (size_t)numel));
+        at += (size_t)numel;
+    }
+    return g;
+}
+
+static float *read_all_params(stx_model *m, int64_t total) {
+    float *p = malloc((size_t)total * sizeof(float));
+    assert_non_null(p);
+    int32_t n = 0;
+    size_t at = 0;
+    CHECK_OK(stx_param_count(m, &n));
+    for (int32_t i = 0; i < n; ++i) {
+        const char *name;
+        const int64_t numel = stx_test_numel(m, i, &name);
+        CHECK_OK(stx_param_read(m, name, STX_DTYPE_F32, p + at, (size_t)numel));
+        at += (size_t)numel;
+    }
+    return p;
+}
+
+/* The bf16 operand copies kept between ops and the pending zeros (cuda/context.cuh) only
+ * remove repeated identical conversions and memsets whose zeros would be added to: training
+ * steps with them on and with STX_CUDA_NO_OPERAND_CACHE=1 must give the same bits (losses,
+ * logits, every gradient, the weights after each step, an evaluation), in fp32 and bf16, with
+ * recomputation on and off, dropout on, over single- and multi-pass layouts and the Hopper
+ * head dims. */
+static void test_operand_cache_same_bits(void **state) {
+    (void)state;
+    const model_case cache_cases[] = {
+        cases[4], /* merged passes, Dq 32, blocks of 32 */
+        cases[3], /* Dq 32, Dv 64, blocks of 16, T < n_ctx */
+        {"wgmma dims", "local:32+strided:16", 2, 128, 2, 64, 64, 32, 1.0f, -1}, /* Dq 64 */
+        {"blocks of 64", "fixed:64:16:2", 2, 128, 2, 130, 111, 64, 1.0f, -1},
+    };
+    const int32_t B = 3;
+    for (size_t c = 0; c < sizeof cache_cases / sizeof cache_cases[0]; ++c)
+        for (int prec = 0; prec < 2; ++prec)
+            for (int recompute = 0; recompute < 2; ++recompute) {
+                const model_case *mc = &cache_cases[c];
+                const int32_t precision = prec ? STX_PRECISION_BF16 : STX_PRECISION_FP32;
+                stx_model *on = make_ex(mc, STX_BACKEND_CUDA, precision, 0.2f, recompute);
+                assert_int_equal(setenv("STX_CUDA_NO_OPERAND_CACHE", "1", 1), 0);
+                stx_model *off = make_ex(mc, STX_BACKEND_CUDA, precision, 0.2f, recompute);
+                assert_int_equal(unsetenv("STX_CUDA_NO_OPERAND_CACHE"), 0);
+                randomize_both(on, off, 300 + c);
+                stx_optim_config opt;
+                CHECK_OK(stx_optim_config_init(&opt));
+                opt.lr = 1e-3;
+                CHECK_OK(stx_model_set_optimizer(on, &opt));
+                CHECK_OK(stx_model_set_optimizer(off, &opt));
+                int64_t total = 0;
+                CHECK_OK(stx_param_total(on, &total));
+                const int32_t T = mc->T;
+                uint8_t *tokens = malloc((size_t)B * T);
+                const size_t nl = (size_t)B * T * STX_VOCAB;
+                float *z[2] = {malloc(nl * sizeof(float)), malloc(nl * sizeof(float))};
+                stx_test_rng rng = {4000 + 10 * c + 2 * (size_t)prec + (size_t)recompute};
+                char what[200];
+                snprintf(what, sizeof what, "%s, %s, recompute %d", mc->name,
+                         prec ? "bf16" : "fp32", recompute);
+                for (int step = 0; step < 3; ++step) {
+                    stx_test_fill_bytes(&rng, tokens, (size_t)B * T);
+                    double loss[2];
+                    stx_model *m[2] = {on, off};
+                    float *g[2], *p[2];
+                    for (int r = 0; r < 2; ++r) {
+                        CHECK_OK(stx_forward(m[r], tokens, B, T, &loss[r]));
+                        CHECK_OK(stx_logits_read(m[r], STX_DTYPE_F32, z[r], nl));
+                        CHECK_OK(stx_zero_grad(m[r]));
+                        CHECK_OK(stx_backward(m[r]));
+                        g[r] = read_all_grads(m[r], total);
+                        CHECK_OK(stx_optimizer_step(m[r], NULL, NULL));
+                        p[r] = read_all_params(m[r], total);
+                    }
+                    if (memcmp(&loss[0], &loss[1], sizeof loss[0]) != 0)
+                        fail_msg("%s, step %d: loss %.17g with the operand cache, %.17g without",
+                                 what, step, loss[0], loss[1]);
+                    if (memcmp(z[0], z[1], nl * sizeof(float)) != 0)
+                        fail_msg("%s, step %d: logits differ with the operand cache", what, step);
+                    for (int64_t i = 0; i < total; ++i)
+                        if (memcmp(&g[0][i], &g[1][i], sizeof(float)) != 0)
+                            fail_msg("%s, step %d: gradient %lld is %.9g with the operand cache, "
+                                     "%.9g without",
+                                     what, step, (long long)i, (double)g[0][i], (double)g[1][i]);
+                    if (memcmp(p[0], p[1], (size_t)total * sizeof(float)) != 0)
+                        fail_msg("%s, step %d: weights differ with the operand cache", what, step);
+                    for (int r = 0; r < 2; ++r) {
+                        free(g[r]);
+                        free(p[r]);
+                    }
+                }
+                double eval[2];
+                CHECK_OK(stx_evaluate(on, tokens, B, T, &eval[0]));
+                CHECK_OK(stx_evaluate(off, tokens, B, T, &eval[1]));
+                if (memcmp(&eval[0], &eval[1], sizeof eval[0]) != 0)
+                    fail_msg("%s: evaluation loss %.17g with the operand cache, %.17g without",
+                             what, eval[0], eval[1]);
+                printf("  %-40s same bits with and without the operand cache\n", what);
+                free(z[0]);
+                free(z[1]);
+                free(tokens);
+                stx_model_free(on);
+                stx_model_free(off);
+            }
+}
+
 /* A device memory limit refuses a larger batch with the bytes named; a status, not a crash. */
 static void test_memory_limit(void **state) {
     (void)state;
@@ -318,6 +446,7 @@ int main(void) {
         cmocka_unit_test(test_deterministic_and_memory),
         cmocka_unit_test(test_bf16_follows_fp32),
         cmocka_unit_test(test_memory_limit),
+        cmocka_unit_test(test_operand_cache_same_bits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

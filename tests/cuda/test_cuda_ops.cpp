@@ -481,6 +481,204 @@ static void test_attention_deterministic(void **state) {
         }
 }
 
+/* The bf16 operand copies and pending zeros (cuda/context.cuh): one buffer X is written by
+ * every op in turn (whole, in part, added into, after a zero), and after each write consumers
+ * read X through the operand cache: two products over X and over a part of it (at two
+ * placements modulo 256 bytes: forward and the weight gradient), attention forward and
+ * backward with q, k, v inside X. Everything must equal, bit for bit, the same sequence on a
+ * context with the cache off (each operand converted at its use, each zero a memset), and the
+ * first product must match the reference on X as it now is: a stale copy or a zero left
+ * pending where it is read shows. fp32 (pending zeros only) and bf16. */
+static void test_operand_cache_invalidation(void **state) {
+    (void)state;
+    const int32_t C = 64, OC = 25, R = 256; // OC odd: X sits at a phase of 128 bytes forward
+    const int64_t NX = static_cast<int64_t>(R) * C, NA = 64 * 64;
+    stx::LayerPattern lp;
+    stx::Layout lay;
+    assert_int_equal(stx::parse_layer_pattern("local:16+strided:16", &lp), STX_OK);
+    assert_int_equal(stx::build_layout(lp, 64, 1, 32, &lay), STX_OK);
+    for (int prec = 0; prec < 2; ++prec) {
+        CudaOps ops[2];
+        for (int r = 0; r < 2; ++r)
+            if (CudaOps::create(0, prec == 1, &ops[r]) != STX_OK)
+                fail_msg("CudaOps::create: %s", stx_last_error());
+        ops[1].use_operand_cache(false);
+        stx_test_rng rng = {555};
+        const vec hx = random_vec(&rng, NX, 1.0), hy = random_vec(&rng, NX, 1.0),
+                  hz = random_vec(&rng, NX, 1.0), hw = random_vec(&rng, OC * C, 0.2),
+                  hb = random_vec(&rng, OC, 1.0), hwx = random_vec(&rng, C * C, 0.2),
+                  hbx = random_vec(&rng, C, 1.0), hg = random_vec(&rng, C, 1.0),
+                  hm = random_vec(&rng, NX, 0.1), hpart = random_vec(&rng, 50, 3.0);
+        vec hv = random_vec(&rng, NX, 0.1);
+        for (double &e : hv) e = fabs(e);
+        std::vector<uint8_t> tokens(R);
+        stx_test_fill_bytes(&rng, tokens.data(), tokens.size());
+        struct Run {
+            Dev X, Y, Z, Rb, W, b, WX, bx, g, lb, mean, rstd, dg, db, Wg, bg, M, V;
+            Dev o1, o2, ao, alse, o3, o4, dqb, dkb, dvb;
+            CudaOps::Bytes tok;
+        };
+        std::unique_ptr<Run> run[2];
+        for (int r = 0; r < 2; ++r) {
+            CudaOps &o = ops[r];
+            run[r].reset(new Run{
+                Dev(o, hx),      Dev(o, hy),      Dev(o, hz),          Dev(o, NX, 0.0),
+                Dev(o, hw),      Dev(o, hb),      Dev(o, hwx),         Dev(o, hbx),
+                Dev(o, hg),      Dev(o, hbx),     Dev(o, R, 0.0),      Dev(o, R, 1.0),
+                Dev(o, C, 0.0),  Dev(o, C, 0.0),  Dev(o, C * C, 0.0),  Dev(o, C, 0.0),
+                Dev(o, hm),      Dev(o, hv),      Dev(o, R * OC, 0.0), Dev(o, 100 * OC, 0.0),
+                Dev(o, NA, 0.0), Dev(o, 64, 0.0), Dev(o, NX, 0.0),     Dev(o, OC * C, 0.0),
+                Dev(o, NA, 0.0), Dev(o, NA, 0.0), Dev(o, NA, 0.0),     CudaOps::Bytes()});
+            o.upload_bytes(run[r]->tok, tokens.data(), tokens.size());
+        }
+        const int32_t shape[1] = {R};
+        // Writer w of X on one run.
+        auto write = [&](int w, CudaOps &o, Run &u) {
+            float *X = u.X.p();
+            const float *pos[1] = {u.Y.p()};
+            float *dpos[1] = {u.Rb.p()};
+            switch (w) {
+            case 0:
+                o.copy_in(X, NX, STX_DTYPE_F64, hz.data());
+                break;
+            case 1:
+                o.layernorm_forward(X, u.mean.p(), u.rstd.p(), u.Y.p(), u.g.p(), u.lb.p(), R, C,
+                                    1e-5);
+                break;
+            case 2:
+                o.layernorm_forward(X + 5 * C, u.mean.p(), u.rstd.p(), u.Z.p(), u.g.p(), u.lb.p(),
+                                    100, C, 1e-5);
+                break;
+            case 3:
+                o.gelu_forward(X, u.Y.p(), NX);
+                break;
+            case 4:
+                o.gelu_forward(X + 64, u.Z.p(), 1000);
+                break;
+            case 5:
+                o.linear_forward(X, u.Y.p(), u.WX.p(), u.bx.p(), R, C, C);
+                break;
+            case 6:
+                o.zero(u.X.buf);
+                break;
+            case 7:
+                o.zero(u.X.buf);
+                o.gelu_backward(X, u.Y.p(), u.Z.p(), NX);
+                break;
+            case 8:
+                o.gelu_backward(X + 3, u.Y.p(), u.Z.p(), 500);
+                break;
+            case 9:
+                o.zero(u.X.buf);
+                o.linear_backward(X, u.Wg.p(), u.bg.p(), u.Y.p(), u.Z.p(), u.WX.p(), R, C, C);
+                break;
+            case 10:
+                o.zero(u.X.buf);
+                o.zero(u.Rb.buf);
+                o.residual_dropout_backward(X, u.Rb.p(), u.Y.p(), NX, 0.3, 9, 1, 2);
+                break;
+            case 11:
+                o.residual_dropout_forward(X, u.Y.p(), u.Z.p(), NX, 0.3, 9, 1, 2);
+                break;
+            case 12:
+                o.zero(u.X.buf);
+                o.layernorm_backward(X, u.dg.p(), u.db.p(), u.Y.p(), u.Z.p(), u.g.p(), u.mean.p(),
+                                     u.rstd.p(), R, C);
+                break;
+            case 13:
+                o.zero(u.X.buf);
+                o.layernorm_backward(X + C, u.dg.p(), u.db.p(), u.Y.p(), u.Z.p(), u.g.p(),
+                                     u.mean.p(), u.rstd.p(), R - 1, C);
+                break;
+            case 14:
+                o.crossentropy_forward(X + 10, u.Z.p(), u.tok.data(), 64, 256);
+                break;
+            case 15:
+                o.zero(u.X.buf);
+                o.crossentropy_backward(X, u.Z.p(), u.tok.data(), 1.0 / 64, 64, 256);
+                break;
+            case 16:
+                o.embedding_forward(X, u.tok.data(), u.Z.p(), u.lb.p(), pos, shape, 1, 1, R, C);
+                break;
+            case 17:
+                o.embedding_backward(X, u.dg.p(), dpos, u.Y.p(), u.tok.data(), shape, 1, 1, R, C);
+                break;
+            case 18:
+                o.zero(u.X.buf);
+                o.embedding_backward(X, u.dg.p(), dpos, u.Y.p(), u.tok.data(), shape, 1, 1, R, C);
+                break;
+            case 19:
+                o.attention_forward(X + NA, u.alse.p(), u.Y.p(), u.Z.p(), u.Z.p() + NA, lay, 1, 64,
+                                    64, 64, 0.125);
+                break;
+            case 20:
+                o.zero(u.X.buf);
+                o.attention_backward(X, X + NA, X + 2 * NA, u.Y.p(), u.Y.p(), u.Z.p(), u.Z.p() + NA,
+                                     u.ao.p(), u.alse.p(), lay, 1, 64, 64, 64, 0.125);
+                break;
+            case 21:
+                o.adamw_update(X, u.M.p(), u.V.p(), u.Y.p(), NX, 1.0, 1e-2, 0.9, 0.95, 1e-8, 0.1,
+                               true, 1);
+                break;
+            case 22:
+                o.copy_in(X + 100, 50, STX_DTYPE_F64, hpart.data());
+                break;
+            }
+        };
+        // The consumers of X.
+        auto consume = [&](CudaOps &o, Run &u) {
+            float *X = u.X.p();
+            o.linear_forward(u.o1.p(), X, u.W.p(), u.b.p(), R, C, OC);
+            o.linear_forward(u.o2.p(), X + 5 * C, u.W.p(), u.b.p(), 100, C, OC);
+            o.attention_forward(u.ao.p(), u.alse.p(), X, X + NA, X + 2 * NA, lay, 1, 64, 64, 64,
+                                0.125);
+            o.zero(u.o3.buf);
+            o.zero(u.o4.buf);
+            o.linear_backward(u.o3.p(), u.o4.p(), nullptr, u.o1.p(), X, u.W.p(), R, C, OC);
+            o.zero(u.dqb.buf);
+            o.zero(u.dkb.buf);
+            o.zero(u.dvb.buf);
+            o.attention_backward(u.dqb.p(), u.dkb.p(), u.dvb.p(), u.Y.p(), X, X + NA, X + 2 * NA,
+                                 u.ao.p(), u.alse.p(), lay, 1, 64, 64, 64, 0.125);
+        };
+        for (int w = 0; w <= 22; ++w) {
+            for (int r = 0; r < 2; ++r) {
+                write(w, ops[r], *run[r]);
+                consume(ops[r], *run[r]);
+                if (ops[r].status() != STX_OK)
+                    fail_msg("writer %d: CUDA error: %s", w, stx_last_error());
+            }
+            const char *names[] = {"X", "o1", "o2", "ao", "alse", "o3", "o4", "dq", "dk", "dv"};
+            for (int i = 0; i < 10; ++i) {
+                Dev *d[2];
+                for (int r = 0; r < 2; ++r) {
+                    Run &u = *run[r];
+                    Dev *all[] = {&u.X,  &u.o1, &u.o2,  &u.ao,  &u.alse,
+                                  &u.o3, &u.o4, &u.dqb, &u.dkb, &u.dvb};
+                    d[r] = all[i];
+                }
+                const vec a = d[0]->get(ops[0]), b = d[1]->get(ops[1]);
+                if (memcmp(a.data(), b.data(), a.size() * sizeof(double)) != 0)
+                    fail_msg("%s, after writer %d: %s differs with the operand cache on and off",
+                             prec ? "bf16" : "fp32", w, names[i]);
+            }
+            // The first product against the reference on X as it is now.
+            const vec x = run[0]->X.get(ops[0]);
+            vec y(static_cast<size_t>(R) * OC);
+            stx::ref::linear_forward<double>(y.data(), x.data(), hw.data(), hb.data(), R, C, OC);
+            char what[80];
+            snprintf(what, sizeof what, "%s, after writer %d: X W^T + b", prec ? "bf16" : "fp32",
+                     w);
+            const vec got = run[0]->o1.get(ops[0]);
+            stx_test_expect_close(what, got.data(), y.data(), y.size(),
+                                  prec ? kBf16Bound : kFp32Bound);
+        }
+        printf("  %s: 23 writers of X, every consumer the same bits with the operand cache on "
+               "and off\n",
+               prec ? "bf16" : "fp32");
+    }
+}
+
 int main(void) {
     if (CudaOps::create(0, false, &g_fp32) != STX_OK ||
         CudaOps::create(0, true, &g_bf16) != STX_OK ||
@@ -494,6 +692,7 @@ int main(void) {
         cmocka_unit_test(test_dropout_bit_for_bit),
         cmocka_unit_test(test_attention),
         cmocka_unit_test(test_attention_deterministic),
+        cmocka_unit_test(test_operand_cache_invalidation),
     };
     int failed = cmocka_run_group_tests(tests, NULL, NULL);
     // The tests above filled every buffer a Context owns (scratch, cast and index scratch,
