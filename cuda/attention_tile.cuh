@@ -3,8 +3,7 @@
 // of one pass of one head, and its block's list), the slot order of a pass, the masks of an
 // entry, the quad reductions of the accumulator layout (the same per warp for mma.sync m16n8
 // and wgmma m64N), cp.async and the two-stage pipeline over a list, and the host's launch
-// checks. Included by those .cu files and, for cp.async, by the decoder's (decode.cu,
-// decode_cluster.cu).
+// checks. Included by those .cu files and, for cp.async, by decode_cluster.cu.
 #pragma once
 #include <cuda_bf16.h>
 

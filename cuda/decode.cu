@@ -32,7 +32,6 @@
 #include <type_traits>
 #include <vector>
 
-#include "attention_tile.cuh" // smem_addr, cp_async16, cp_async_commit, cp_async_wait_all
 #include "backend.h"
 #include "decode_kernels.cuh"
 
@@ -332,7 +331,7 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
     constexpr int kVec = 16 / sizeof(E);
     constexpr int kEarly = 8; // weight chunks a lane loads before waiting
     // [B][IC]: the input rows as the GEMM sees them; then, with a LayerNorm, its g, b and
-    // (kInProjSum) the projection bias, [IC] each, and the staged row and parts.
+    // (kInProjSum) the projection bias, [IC] each.
     extern __shared__ float xin[];
     __shared__ float red[kGemvWarps];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -379,27 +378,13 @@ __global__ void __launch_bounds__(kGemvWarps * 32) gemv_kernel(GemvArgs<E> a) {
         }
         // The fp32 row into dst (each thread its own elements), then LayerNorm in place.
         const float *xr = a.x + static_cast<int64_t>(b) * a.IC;
-        if (IN == kInProjSum) {
-            // Batch 1 (the fused step): the row and the heads' parts staged in shared memory
-            // by cp.async, every load in flight at once; a loop adding global loads would
-            // wait for each in turn.
-            float *stage = part_bias + a.IC; // [1 + n_parts][IC]
-            const int quads = (1 + a.n_parts) * a.IC / 4;
-            for (int c = tid; c < quads; c += blockDim.x)
-                cp_async16(smem_addr(stage + 4 * c),
-                           c < a.IC / 4 ? a.x + 4 * c : a.parts + 4 * (c - a.IC / 4), true);
-            cp_async_commit();
-            cp_async_wait_all();
-            __syncthreads();
-            xr = stage;
-        }
         float sum = 0.0f;
         for (int i = tid; i < a.IC; i += blockDim.x) {
             float v = xr[i];
             if (IN == kInProjSum) {
                 float p = 0.0f;
-                for (int32_t k = 0; k < a.n_parts; ++k)
-                    p += xr[static_cast<int64_t>(k + 1) * a.IC + i];
+                const float *pr = a.parts + i;
+                for (int32_t k = 0; k < a.n_parts; ++k) p += pr[static_cast<int64_t>(k) * a.IC];
                 v = v + (p + part_bias[i]);
                 if (blockIdx.x == 0) a.x_out[i] = v;
             }
@@ -853,14 +838,9 @@ private:
 
     template <int IN, int OUT> void gemv(const GemvArgs<E> &a) {
         const unsigned grid = static_cast<unsigned>((a.OC + kGemvWarps - 1) / kGemvWarps);
-        const size_t smem = gemv_smem(IN, a.B, a.IC, a.n_parts);
+        const size_t smem = sizeof(float) * (static_cast<size_t>(a.B) + (IN == kInRows ? 0 : 3)) *
+                            static_cast<size_t>(a.IC);
         launch_kernel(gemv_kernel<E, IN, OUT>, dim3(grid), dim3(kGemvWarps * 32), smem, true, a);
-    }
-
-    // A GEMV's dynamic shared memory (gemv_kernel's xin).
-    static size_t gemv_smem(int in, int32_t B, int32_t IC, int32_t n_parts) {
-        const int32_t rows = B + (in == kInRows ? 0 : 3) + (in == kInProjSum ? 1 + n_parts : 0);
-        return sizeof(float) * static_cast<size_t>(rows) * static_cast<size_t>(IC);
     }
 
     // Whether the step takes the fused small-batch path: few rows, inputs (and a LayerNorm's
@@ -939,7 +919,7 @@ private:
         if (!std::is_same<E, __nv_bfloat16>::value || B_ != 1) return STX_OK;
         const char *env = getenv("STX_CUDA_DECODE_CLUSTER");
         if ((env && std::strcmp(env, "0") == 0) || ctx_->wgmma_off) return STX_OK;
-        cluster_ = pdl_ && small_batch() && gemv_smem(kInProjSum, 1, d_.C, d_.H) <= 48 * 1024 &&
+        cluster_ = pdl_ && small_batch() &&
                    cluster_attention_usable(ctx_.get(), d_.Dq, d_.Dv, d_.C, &cluster_stages_,
                                             &cluster_smem_);
         if (!cluster_ && env && std::strcmp(env, "1") == 0)

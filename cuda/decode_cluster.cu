@@ -158,15 +158,13 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     }
 
     pdl_wait();
-    // LayerNorm 1 of the residual row, rounded as the GEMM's input (the GEMV's arithmetic);
-    // the row comes in by cp.async, all of it in flight at once.
-    for (int c = tid; c < C / 4; c += kAttnThreads)
-        cp_async16(smem_addr(hrow + 4 * c), a.x + 4 * c, true);
-    cp_async_commit();
-    cp_async_wait_all(); // the weights and the first tiles too: loaded during the wait
-    __syncthreads();
+    // LayerNorm 1 of the residual row, rounded as the GEMM's input (the GEMV's arithmetic).
     float sum = 0.0f;
-    for (int i = tid; i < C; i += kAttnThreads) sum += hrow[i];
+    for (int i = tid; i < C; i += kAttnThreads) {
+        const float v = a.x[i];
+        hrow[i] = v;
+        sum += v;
+    }
     const float mu = block_sum(sum, red) / static_cast<float>(C);
     float sq = 0.0f;
     for (int i = tid; i < C; i += kAttnThreads) sq += (hrow[i] - mu) * (hrow[i] - mu);
@@ -174,6 +172,7 @@ __global__ void __launch_bounds__(kAttnThreads, 1) cluster_attention_kernel(Clus
     const float rs = 1.0f / sqrtf(var + a.eps);
     for (int i = tid; i < C; i += kAttnThreads)
         hrow[i] = to_f(to_e<E>((hrow[i] - mu) * rs * lng[i] + lnb[i]));
+    cp_async_wait_all(); // the weights (and the first key/value tiles)
     __syncthreads();
 
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");

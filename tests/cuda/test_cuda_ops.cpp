@@ -76,8 +76,10 @@ static const double kNaN = NAN;
 
 // v behind `at` leading elements of value `pad`.
 static vec behind(const vec &v, size_t at, double pad) {
-    vec r(at, pad);
-    r.insert(r.end(), v.begin(), v.end());
+    // An index loop: g++ 13 takes insert() into a one-element vector for an overflow
+    // (-Warray-bounds, an error under -Werror).
+    vec r(at + v.size(), pad);
+    for (size_t i = 0; i < v.size(); ++i) r[at + i] = v[i];
     return r;
 }
 
