@@ -270,7 +270,7 @@ static int bench_train(int argc, char **argv) {
                 "override the attention block size (32, 64 or 128: Hopper's wgmma kernels)"),
         STX_OPT("ctx", 0, STX_OPT_INT, &ctx, "preset", "override n_ctx (one position axis)"),
         STX_OPT("pattern", 0, STX_OPT_STRING, &pattern, "preset", "override the pattern"),
-        STX_OPT("recompute", 0, STX_OPT_INT, &recompute, "preset", "0 or 1"),
+        STX_OPT("recompute", 0, STX_OPT_INT, &recompute, "preset", "0, 1 or 2"),
         STX_OPT("batch", 0, STX_OPT_INT, &batch, "1", "sequences per step"),
         STX_OPT("steps", 0, STX_OPT_INT, &steps, "3", "timed steps after one warm-up step"),
         BENCH_BACKEND_OPTS(&device, &device_index, &precision),
@@ -339,15 +339,18 @@ static int bench_train(int argc, char **argv) {
 
 /* Bytes of the model's own buffers at B sequences (lib/model_loop.h of sparsetx 0.1: the
  * residual stream at every block boundary, one block's activations with recomputation or every
- * block's without, the backward's gradient buffers, logits and their gradient, all fp32) plus
- * weights, gradients and Adam moments (fp32). Backend scratch (bf16 operand copies, attention
- * partials) is not counted: an estimate to size runs, printed beside the measured peak. */
+ * block's without (recompute 2: and every block's attention output), the backward's gradient
+ * buffers, logits and their gradient, all fp32) plus weights, gradients and Adam moments (fp32).
+ * Backend scratch (bf16 operand copies, attention partials) is not counted: an estimate to size
+ * runs, printed beside the measured peak. */
 static double estimate_bytes(const stx_config *c, int64_t n_params, int64_t B) {
     const double N = (double)B * c->n_ctx, C = c->n_embd, F = (double)c->ff_mult * c->n_embd;
     const double QK = floor((double)c->qk_ratio * C + 0.5), H = c->n_head, L = c->n_layer;
     const double block = 7 * C + 2 * QK + 2 * F + 4 + H; /* h1 att p x2 h2 v f2, q k, f1 g, .. */
     const double grads = 9 * C + 2 * QK + 2 * F;         /* dhf dx dxo dx2 df2 dh dp datt dv .. */
-    const double per_row = (L + 1) * C + (c->recompute ? 1 : L) * block + C + 3 + 2 * STX_VOCAB;
+    const double kept = c->recompute == 2 ? L * (C + H) : 0; /* every block's att and lse */
+    const double per_row =
+        (L + 1) * C + (c->recompute ? 1 : L) * block + kept + C + 3 + 2 * STX_VOCAB;
     return 4.0 * N * (per_row + grads) + N + 16.0 * (double)n_params;
 }
 

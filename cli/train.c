@@ -646,7 +646,8 @@ int main(int argc, char **argv) {
         STX_OPT("ff-mult", 0, STX_OPT_INT, &o->ff_mult, "preset", "feed-forward width / d"),
         STX_OPT("qk-ratio", 0, STX_OPT_DOUBLE, &o->qk_ratio, "preset", "query/key width / d"),
         STX_OPT("recompute", 0, STX_OPT_INT, &o->recompute, "1",
-                "1: recompute activations in backward (less memory), 0: store them"),
+                "1: recompute activations in backward (less memory), 2: all but attention, "
+                "0: store them"),
         STX_OPT_CHOICE("precision", 0, &o->precision, "fp32|fp64|bf16", "fp32",
                        "arithmetic (fp64: CPU only, bf16: CUDA only)"),
         STX_OPT("device", 0, STX_OPT_STRING, &o->device, "auto",

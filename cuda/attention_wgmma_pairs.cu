@@ -46,6 +46,11 @@ template <int DQ, int DV> struct PairShapes {
     static constexpr size_t kFwd = 1024 + kQ + 2 * (kQ + kV) + 2 * 64 * 4 + sizeof(PairShared);
     static constexpr size_t kDq = 1024 + 3 * (kQ + kV) + 2 * 64 * 4 + sizeof(PairShared);
     static constexpr size_t kDkdv = 1024 + 3 * (kQ + kV) + 2 * 64 * 12 + sizeof(PairShared);
+    // CTAs an SM should hold at head dims 64 (each CTA's wgmmas wait on one another, so the
+    // tensor cores are kept busy by other CTAs): dk/dv took 175 registers, 2 CTAs an SM, and
+    // the forward 134, 3; capped at 168 and 128 registers they hold 3 and 4.
+    static constexpr int kDkdvCtas = DQ == 64 && DV == 64 ? 3 : 1;
+    static constexpr int kForwardCtas = DQ == 64 && DV == 64 ? 4 : 1;
 };
 
 // The device code below exists in sm_90a device passes only (STX_WGMMA); elsewhere the kernels
@@ -180,7 +185,7 @@ __device__ __forceinline__ const PairChunk *pair_chunks(const int32_t *order, in
 #endif // STX_WGMMA
 
 template <int DQ, int DV>
-__global__ void __launch_bounds__(128, 1)
+__global__ void __launch_bounds__(128, PairShapes<DQ, DV>::kForwardCtas)
     wg_pairs_forward_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
                             const bf16 *__restrict__ k, const bf16 *__restrict__ v,
                             float *__restrict__ out, float *__restrict__ lse, int32_t B, int32_t T,
@@ -283,7 +288,7 @@ __global__ void __launch_bounds__(128, 1)
 }
 
 template <int DQ, int DV>
-__global__ void __launch_bounds__(128, 1)
+__global__ void __launch_bounds__(128, PairShapes<DQ, DV>::kDkdvCtas)
     wg_pairs_dkdv_kernel(LayoutView L, int32_t local_pass, const bf16 *__restrict__ q,
                          const bf16 *__restrict__ k, const bf16 *__restrict__ v,
                          const bf16 *__restrict__ dout, const float *__restrict__ lse,

@@ -173,7 +173,10 @@ typedef struct stx_config {
     int32_t device;                      /* CUDA device index (default 0) */
     int32_t precision;                   /* stx_precision (default STX_PRECISION_FP32) */
     int32_t n_threads;                   /* CPU threads, 0 = OpenMP's default */
-    int32_t recompute; /* 1: keep only the residual stream, recompute in backward (default) */
+    int32_t recompute; /* 1: keep only the residual stream, recompute in backward (default);
+                          2: also keep each block's attention output and log-sum-exp, so the
+                          backward does not recompute attention (n_ctx * (n_embd + n_head)
+                          more values a block); 0: keep every activation */
     float qk_ratio;    /* query/key width over n_embd, e.g. 1 or 0.5 (default 1) */
     float dropout;     /* residual dropout probability in [0, 1) (default 0) */
     uint64_t seed;     /* weight init and dropout masks (default 1) */

@@ -57,8 +57,10 @@ double activation_bytes(const stx_model *m, int32_t B, int32_t T) {
     const double N = static_cast<double>(B) * T;
     const double per_block = N * (7.0 * d.C + 2.0 * d.QK + 2.0 * d.F + 4.0 + d.H);
     const double blocks = m->cfg.recompute ? 1.0 : static_cast<double>(d.L);
+    const double kept = m->cfg.recompute == 2 ? N * (d.C + d.H) * d.L : 0.0; // att, lse
     const double rest =
-        N * ((d.L + 1.0) * d.C + 12.0 * d.C + 2.0 * d.QK + 2.0 * d.F + 2.0 * STX_VOCAB + 3.0);
+        N * ((d.L + 1.0) * d.C + 12.0 * d.C + 2.0 * d.QK + 2.0 * d.F + 2.0 * STX_VOCAB + 3.0) +
+        kept;
     return (per_block * blocks + rest) * scalar_bytes(m->cfg);
 }
 

@@ -141,7 +141,7 @@ stx_status config_validate(const stx_config &c, ModelPattern *pattern_out, Dims 
         return fail(STX_ERR_INVALID_ARGUMENT,
                     "precision bf16 needs the CUDA backend (backend is cpu; use fp32 or fp64)");
     if ((st = range("n_threads", c.n_threads, 0, 4096)) != STX_OK) return st;
-    if ((st = range("recompute", c.recompute, 0, 1)) != STX_OK) return st;
+    if ((st = range("recompute", c.recompute, 0, 2)) != STX_OK) return st;
     if (!(c.qk_ratio > 0.0f && c.qk_ratio <= 1.0f))
         return fail(STX_ERR_INVALID_ARGUMENT, "qk_ratio (%g) must be in (0, 1]",
                     static_cast<double>(c.qk_ratio));

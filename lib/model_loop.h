@@ -2,7 +2,9 @@
 // whole model over an op policy (ref/: host loops; cuda/: device kernels and cuBLAS), with
 // recomputation (only the residual stream is kept between blocks; each block's attention and
 // feed-forward are recomputed in backward, replaying the same dropout masks, so gradients are
-// bit-identical with recompute on or off).
+// bit-identical with recompute on or off; recompute 2 also keeps each block's attention output
+// and log-sum-exp, so the replay skips the attention, the costliest op, for N (C + H) more
+// elements a block).
 //
 // Per block l, on the residual stream x (N = B*T rows of C):
 //   h1 = LN1(x); q, k, v = h1 Wq^T + bq, ...; a = attn(q, k, v); p = a Wp^T + bp
@@ -36,6 +38,8 @@ template <class Ops> class LoopModel final : public Backend {
     using Buf = typename Ops::Buffer;
 
     // One block's intermediate activations (one set with recompute, n_layer sets without).
+    // With recompute 2 each block keeps its attention output and log-sum-exp (att_kept_,
+    // lse_kept_) and the backward's replay of the block skips the attention.
     struct BlockActs {
         Buf h1, mean1, rstd1, q, k, v, att, lse, p, x2, h2, mean2, rstd2, f1, g, f2;
     };
@@ -110,7 +114,7 @@ public:
         int64_t pending_end = static_cast<int64_t>(grads_.size());
         const int32_t group = sync_ ? sync_->bucket_layers() : 0;
         for (int32_t l = d_.L - 1; l >= 0; --l) {
-            if (spec_.cfg.recompute) block_forward(l, acts(l), stream(l), stream(l + 1));
+            if (spec_.cfg.recompute) block_forward(l, acts(l), stream(l), stream(l + 1), true);
             block_backward(l, acts(l), stream(l));
             if (sync_ && l > 0 && (d_.L - l) % group == 0) {
                 const int64_t begin = static_cast<int64_t>(offset(pt.layers[l].ln1_g));
@@ -229,6 +233,14 @@ private:
         return xs_.data() + static_cast<size_t>(l) * static_cast<size_t>(rows()) * d_.C;
     }
     BlockActs &acts(int32_t l) { return acts_[spec_.cfg.recompute ? 0 : static_cast<size_t>(l)]; }
+    bool keeps_attention() const { return spec_.cfg.recompute == 2; }
+    // Block l's attention output and log-sum-exp: kept per block with recompute 2.
+    S *att(int32_t l, BlockActs &a) {
+        return keeps_attention() ? att_kept_[static_cast<size_t>(l)].data() : a.att.data();
+    }
+    S *lse(int32_t l, BlockActs &a) {
+        return keeps_attention() ? lse_kept_[static_cast<size_t>(l)].data() : a.lse.data();
+    }
     double dropout_p() const { return training_ ? static_cast<double>(spec_.cfg.dropout) : 0.0; }
     const Layout &layout(int32_t l) const { return *spec_.layer_layouts[static_cast<size_t>(l)]; }
     double scale() const { return 1.0 / std::sqrt(static_cast<double>(d_.Dq)); }
@@ -243,11 +255,19 @@ private:
         ops_.alloc(xs_, (static_cast<size_t>(d_.L) + 1) * N * C);
         acts_.resize(spec_.cfg.recompute ? 1 : static_cast<size_t>(d_.L)); // alloc resizes each
         for (BlockActs &a : acts_) {
-            for (Buf *v : {&a.h1, &a.att, &a.p, &a.x2, &a.h2, &a.v, &a.f2}) ops_.alloc(*v, N * C);
+            for (Buf *v : {&a.h1, &a.p, &a.x2, &a.h2, &a.v, &a.f2}) ops_.alloc(*v, N * C);
             for (Buf *v : {&a.q, &a.k}) ops_.alloc(*v, N * QK);
             for (Buf *v : {&a.f1, &a.g}) ops_.alloc(*v, N * F);
             for (Buf *v : {&a.mean1, &a.rstd1, &a.mean2, &a.rstd2}) ops_.alloc(*v, N);
+            if (keeps_attention()) continue; // att(l, a), lse(l, a) are the kept ones
+            ops_.alloc(a.att, N * C);
             ops_.alloc(a.lse, N * static_cast<size_t>(d_.H));
+        }
+        att_kept_.resize(keeps_attention() ? static_cast<size_t>(d_.L) : 0);
+        lse_kept_.resize(att_kept_.size());
+        for (size_t l = 0; l < att_kept_.size(); ++l) {
+            ops_.alloc(att_kept_[l], N * C);
+            ops_.alloc(lse_kept_[l], N * static_cast<size_t>(d_.H));
         }
         ops_.alloc(hf_, N * C);
         ops_.alloc(meanf_, N);
@@ -263,7 +283,8 @@ private:
         T_ = T;
     }
 
-    void block_forward(int32_t l, BlockActs &a, const S *x, S *x_out) {
+    // replay: the backward's recomputation, which with recompute 2 reuses the kept attention.
+    void block_forward(int32_t l, BlockActs &a, const S *x, S *x_out, bool replay = false) {
         const LayerParams &lp = spec_.table.layers[static_cast<size_t>(l)];
         const int64_t N = rows();
         const int32_t C = d_.C;
@@ -273,9 +294,10 @@ private:
         ops_.linear_forward(a.q.data(), a.h1.data(), param(lp.q_w), param(lp.q_b), N, C, d_.QK);
         ops_.linear_forward(a.k.data(), a.h1.data(), param(lp.k_w), param(lp.k_b), N, C, d_.QK);
         ops_.linear_forward(a.v.data(), a.h1.data(), param(lp.v_w), param(lp.v_b), N, C, C);
-        ops_.attention_forward(a.att.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(),
-                               layout(l), B_, T_, d_.Dq, d_.Dv, scale());
-        ops_.linear_forward(a.p.data(), a.att.data(), param(lp.proj_w), param(lp.proj_b), N, C, C);
+        if (!(replay && keeps_attention()))
+            ops_.attention_forward(att(l, a), lse(l, a), a.q.data(), a.k.data(), a.v.data(),
+                                   layout(l), B_, T_, d_.Dq, d_.Dv, scale());
+        ops_.linear_forward(a.p.data(), att(l, a), param(lp.proj_w), param(lp.proj_b), N, C, C);
         ops_.residual_dropout_forward(a.x2.data(), x, a.p.data(), N * C, dropout_p(), seed,
                                       dropout_stream(l, 0), dropout_step_, dropout_index0_);
         ops_.layernorm_forward(a.h2.data(), a.mean2.data(), a.rstd2.data(), a.x2.data(),
@@ -312,14 +334,14 @@ private:
         ops_.residual_dropout_backward(dxo_.data(), dp_.data(), dx2_.data(), N * C, dropout_p(),
                                        seed, dropout_stream(l, 0), dropout_step_, dropout_index0_);
         ops_.zero(datt_);
-        ops_.linear_backward(datt_.data(), grad(lp.proj_w), grad(lp.proj_b), dp_.data(),
-                             a.att.data(), param(lp.proj_w), N, C, C);
+        ops_.linear_backward(datt_.data(), grad(lp.proj_w), grad(lp.proj_b), dp_.data(), att(l, a),
+                             param(lp.proj_w), N, C, C);
         ops_.zero(dq_);
         ops_.zero(dk_);
         ops_.zero(dv_);
         ops_.attention_backward(dq_.data(), dk_.data(), dv_.data(), datt_.data(), a.q.data(),
-                                a.k.data(), a.v.data(), a.att.data(), a.lse.data(), layout(l), B_,
-                                T_, d_.Dq, d_.Dv, scale());
+                                a.k.data(), a.v.data(), att(l, a), lse(l, a), layout(l), B_, T_,
+                                d_.Dq, d_.Dv, scale());
         ops_.zero(dh_);
         ops_.linear_backward(dh_.data(), grad(lp.q_w), grad(lp.q_b), dq_.data(), a.h1.data(),
                              param(lp.q_w), N, C, d_.QK);
@@ -346,6 +368,7 @@ private:
     GradSync *sync_ = nullptr;
     Buf xs_; // residual stream at every block boundary, (L+1) x N x C
     std::vector<BlockActs> acts_;
+    std::vector<Buf> att_kept_, lse_kept_; // recompute 2: every block's attention output, lse
     Buf hf_, meanf_, rstdf_, logits_, losses_;
     Buf dlogits_, dhf_, dx_, dxo_, dx2_, df2_, dh_, dp_, datt_, dq_, dk_, dv_, dg_, df1_;
 };

@@ -234,7 +234,7 @@ static void test_config_fields(void **state) {
     CONFIG_BAD("bf16", bad.precision = STX_PRECISION_BF16, bad.backend = STX_BACKEND_CPU);
     CONFIG_BAD("fp64", bad.precision = STX_PRECISION_FP64, bad.backend = STX_BACKEND_CUDA);
     CONFIG_BAD("n_threads", bad.n_threads = -1);
-    CONFIG_BAD("recompute", bad.recompute = 2);
+    CONFIG_BAD("recompute", bad.recompute = 3);
     CONFIG_BAD("qk_ratio", bad.qk_ratio = 0.0f);
     CONFIG_BAD("qk_ratio", bad.qk_ratio = 1.5f);
     CONFIG_BAD("qk_ratio", bad.qk_ratio = NAN);

@@ -3,7 +3,7 @@
  *  - finite differences agree with the analytic gradient of every parameter tensor, for
  *    every pattern kind and integration mode and a user-supplied layout, with dropout on,
  *    ragged n_ctx (not a multiple of the block), T < n_ctx, 1-3 position axes;
- *  - recomputation changes nothing: gradients with recompute on and off are bit-identical;
+ *  - recomputation changes nothing: gradients with recompute 0, 1 and 2 are bit-identical;
  *  - backward accumulates across micro-batches until stx_zero_grad;
  *  - a tiny model overfits a short byte string.
  */
@@ -135,17 +135,19 @@ static void test_gradients_every_pattern(void **state) {
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; ++c) check_model_gradients(&cases[c]);
 }
 
-/* Recomputation replays the same arithmetic and dropout masks: bit-identical gradients. */
+/* Recomputation replays the same arithmetic and dropout masks: bit-identical losses and
+ * gradients with recompute 0 (keep everything), 1 (keep the residual stream) and 2 (also keep
+ * the attention outputs: the replay skips attention). */
 static void test_recompute_identical(void **state) {
     (void)state;
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; ++c) {
-        double loss[2];
-        double *grads[2];
-        size_t n[2];
+        double loss[3];
+        double *grads[3];
+        size_t n[3];
         uint8_t tokens[2 * 64];
         stx_test_rng rng = {55};
         stx_test_fill_bytes(&rng, tokens, sizeof tokens);
-        for (int r = 0; r < 2; ++r) {
+        for (int r = 0; r < 3; ++r) {
             stx_model *m = make_model(&cases[c], r, 0.3f);
             stx_test_randomize(&m, 1, 999, 0.5);
             loss[r] = loss_at(m, tokens, 2, cases[c].T, 3);
@@ -154,13 +156,14 @@ static void test_recompute_identical(void **state) {
             grads[r] = stx_test_grads(m, &n[r]);
             stx_model_free(m);
         }
-        assert_int_equal(n[0], n[1]);
-        if (memcmp(&loss[0], &loss[1], sizeof loss[0]) != 0)
-            fail_msg("%s: loss differs with recompute on/off", cases[c].name);
-        if (memcmp(grads[0], grads[1], n[0] * sizeof(double)) != 0)
-            fail_msg("%s: gradients differ with recompute on/off", cases[c].name);
-        free(grads[0]);
-        free(grads[1]);
+        for (int r = 1; r < 3; ++r) {
+            assert_int_equal(n[0], n[r]);
+            if (memcmp(&loss[0], &loss[r], sizeof loss[0]) != 0)
+                fail_msg("%s: loss differs with recompute 0 and %d", cases[c].name, r);
+            if (memcmp(grads[0], grads[r], n[0] * sizeof(double)) != 0)
+                fail_msg("%s: gradients differ with recompute 0 and %d", cases[c].name, r);
+        }
+        for (int r = 0; r < 3; ++r) free(grads[r]);
     }
 }
 

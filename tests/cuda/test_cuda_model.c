@@ -8,7 +8,8 @@
  *  - bf16 training follows fp32: the first 10 losses within 1%, the final loss within twice
  *    the spread fp32 shows under another order of the training windows (at least 2%);
  *  - the bf16 operand copies and pending zeros change no bit: training steps with them and
- *    with STX_CUDA_NO_OPERAND_CACHE=1 give the same losses, gradients and weights.
+ *    with STX_CUDA_NO_OPERAND_CACHE=1 give the same losses, gradients and weights;
+ *  - recompute 0, 1 and 2 give the same loss and gradients.
  * Without a GPU the test says so and exits 77.
  */
 #define _POSIX_C_SOURCE 200809L /* setenv */
@@ -415,6 +416,51 @@ static void test_operand_cache_same_bits(void **state) {
             }
 }
 
+/* Recomputation on the GPU changes no bit either: recompute 1 replays each block, recompute 2
+ * replays all but the attention (kept per block); losses and every gradient of a training step
+ * with dropout are those of recompute 0, in fp32 and bf16, on the portable and Hopper kernels. */
+static void test_recompute_same_bits(void **state) {
+    (void)state;
+    const model_case rc_cases[] = {
+        cases[4], /* merged passes, blocks of 32 */
+        {"wgmma dims", "fixed:32:8:2", 2, 128, 2, 64, 64, 32, 1.0f, -1}, /* Dq 64, blocks of 32 */
+    };
+    const int32_t B = 2;
+    for (size_t c = 0; c < sizeof rc_cases / sizeof rc_cases[0]; ++c)
+        for (int prec = 0; prec < 2; ++prec) {
+            const model_case *mc = &rc_cases[c];
+            const int32_t precision = prec ? STX_PRECISION_BF16 : STX_PRECISION_FP32;
+            uint8_t *tokens = malloc((size_t)B * mc->T);
+            stx_test_rng rng = {77 + c};
+            stx_test_fill_bytes(&rng, tokens, (size_t)B * mc->T);
+            double loss[3];
+            float *g[3];
+            int64_t total = 0;
+            for (int r = 0; r < 3; ++r) {
+                stx_model *m = make_ex(mc, STX_BACKEND_CUDA, precision, 0.25f, r);
+                stx_test_randomize(&m, 1, 500 + c, 0.3);
+                CHECK_OK(stx_param_total(m, &total));
+                CHECK_OK(stx_forward(m, tokens, B, mc->T, &loss[r]));
+                CHECK_OK(stx_zero_grad(m));
+                CHECK_OK(stx_backward(m));
+                g[r] = read_all_grads(m, total);
+                stx_model_free(m);
+            }
+            for (int r = 1; r < 3; ++r) {
+                if (memcmp(&loss[0], &loss[r], sizeof loss[0]) != 0)
+                    fail_msg("%s %s: loss %.17g with recompute 0, %.17g with %d", mc->name,
+                             prec ? "bf16" : "fp32", loss[0], loss[r], r);
+                if (memcmp(g[0], g[r], (size_t)total * sizeof(float)) != 0)
+                    fail_msg("%s %s: gradients differ with recompute 0 and %d", mc->name,
+                             prec ? "bf16" : "fp32", r);
+            }
+            printf("  %-14s %s: recompute 0, 1 and 2 give the same loss and gradients\n", mc->name,
+                   prec ? "bf16" : "fp32");
+            for (int r = 0; r < 3; ++r) free(g[r]);
+            free(tokens);
+        }
+}
+
 /* A device memory limit refuses a larger batch with the bytes named; a status, not a crash. */
 static void test_memory_limit(void **state) {
     (void)state;
@@ -447,6 +493,7 @@ int main(void) {
         cmocka_unit_test(test_bf16_follows_fp32),
         cmocka_unit_test(test_memory_limit),
         cmocka_unit_test(test_operand_cache_same_bits),
+        cmocka_unit_test(test_recompute_same_bits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
